@@ -1,0 +1,84 @@
+"""The one settings object. Built at an entry point and passed explicitly, never read globally."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite:///healthdock-mirror.db"
+_KNOWN_DRIVERS = ("sqlite", "postgresql")
+
+
+class Settings(BaseSettings):
+    """Everything the receiver, the sync worker and the command line can be tuned with."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HEALTHDOCK_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    database_url: str = DEFAULT_DATABASE_URL
+    # Several secrets may be valid at once so that a rotation never rejects honest events.
+    webhook_secret: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    api_url: str = "https://api.healthdock.org/v1"
+    api_key: SecretStr | None = None
+    admin_token: SecretStr | None = None
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Group commit: events arriving together share one transaction and one fsync.
+    intake_max_batch: int = Field(default=256, ge=1, le=10_000)
+    database_timeout_seconds: float = Field(default=5.0, gt=0)
+    # A webhook waiting longer than this for its commit gets a 503, so the sender retries.
+    request_timeout_seconds: float = Field(default=30.0, gt=0)
+    log_level: str = "INFO"
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_driver(cls, value: str) -> str:
+        scheme = value.split(":", 1)[0].split("+", 1)[0].lower()
+        if scheme not in _KNOWN_DRIVERS:
+            raise ValueError(f"unknown driver {scheme!r}; use sqlite:/// or postgresql://")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("use one of DEBUG, INFO, WARNING, ERROR")
+        return level
+
+    @property
+    def webhook_secrets(self) -> tuple[bytes, ...]:
+        return tuple(s.get_secret_value().encode() for s in self.webhook_secret)
+
+
+class SettingsError(Exception):
+    """Configuration that cannot start the service; the message names each bad setting."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment (and ``overrides``), naming every bad setting."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "settings"
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"HEALTHDOCK_{field.upper()}: {message}")
+        raise SettingsError("; ".join(problems)) from None

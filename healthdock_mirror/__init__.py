@@ -1,0 +1,1 @@
+"""healthdock-mirror's command line; the service lives in ``receiver``, ``sync``, ``mirror``."""

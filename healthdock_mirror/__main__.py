@@ -1,0 +1,3 @@
+from healthdock_mirror.cli import main
+
+main()

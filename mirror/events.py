@@ -1,0 +1,138 @@
+"""What a HealthDock event means for the mirror: its type, version and record write.
+
+Pure functions over an already verified body; nothing here touches the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+
+from mirror.versions import Action, Version, VersionError, parse_instant
+
+
+class PayloadError(ValueError):
+    """A signed body that is not a HealthDock event; the message names the field, never data."""
+
+
+class Resource(StrEnum):
+    PATIENT = "patient"
+    APPOINTMENT = "appointment"
+
+    @property
+    def id_field(self) -> str:
+        return f"{self.value}_id"
+
+
+# Appointment status events may carry only the key; their type says the status.
+_IMPLIED_STATUS = {"confirmed": "confirmed", "cancelled": "cancelled", "completed": "completed"}
+
+EVENT_TYPES: Mapping[str, tuple[Resource, Action]] = {
+    "patient.created": (Resource.PATIENT, Action.CREATE),
+    "patient.updated": (Resource.PATIENT, Action.UPDATE),
+    "patient.deleted": (Resource.PATIENT, Action.DELETE),
+    "appointment.created": (Resource.APPOINTMENT, Action.CREATE),
+    "appointment.updated": (Resource.APPOINTMENT, Action.UPDATE),
+    "appointment.confirmed": (Resource.APPOINTMENT, Action.UPDATE),
+    "appointment.cancelled": (Resource.APPOINTMENT, Action.UPDATE),
+    "appointment.completed": (Resource.APPOINTMENT, Action.UPDATE),
+    "appointment.deleted": (Resource.APPOINTMENT, Action.DELETE),
+}
+
+_MAX_ID_LENGTH = 128
+_MAX_TYPE_LENGTH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class RecordWrite:
+    """One write to one mirrored record, from an event or from the API."""
+
+    resource: Resource
+    record_id: str
+    action: Action
+    version: Version
+    fields: Mapping[str, Any] | None  # the record as HealthDock sent it; None for a delete
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A parsed HealthDock event."""
+
+    event_id: str | None
+    event_type: str
+    timestamp: str
+    write: RecordWrite | None  # None for event types we do not support yet
+
+
+def content_digest(content: object) -> str:
+    """Hex sha-256 of the canonical JSON of ``content`` (sorted keys, compact)."""
+    return hashlib.sha256(msgspec.json.encode(content, order="sorted")).hexdigest()
+
+
+def record_id_of(resource: Resource, record: Mapping[str, Any]) -> str:
+    """The record's key: ``patient_id``/``appointment_id``, else ``id``."""
+    value = record.get(resource.id_field)
+    if value is None:
+        value = record.get("id")
+    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+        raise PayloadError(f"data.{resource.id_field} (or data.id) must be a string")
+    text = str(value)
+    if len(text) > _MAX_ID_LENGTH:
+        raise PayloadError(f"data.{resource.id_field} is longer than {_MAX_ID_LENGTH}")
+    return text
+
+
+def record_write(
+    resource: Resource, action: Action, timestamp: object, record: Mapping[str, Any]
+) -> RecordWrite:
+    """The write that puts ``record`` (as of ``timestamp``) into the mirror."""
+    try:
+        instant = parse_instant(timestamp)
+    except VersionError as exc:
+        raise PayloadError(f"timestamp: {exc}") from None
+    record_id = record_id_of(resource, record)
+    fields = None if action is Action.DELETE else record
+    digest = content_digest([record_id, fields])
+    return RecordWrite(resource, record_id, action, Version(instant, action, digest), fields)
+
+
+def parse_event(document: object) -> Event:
+    """Turn a verified, decoded webhook body into an event."""
+    if not isinstance(document, dict):
+        raise PayloadError("body must be a JSON object")
+    event_type = document.get("event")
+    if not isinstance(event_type, str) or not 0 < len(event_type) <= _MAX_TYPE_LENGTH:
+        raise PayloadError("event must be a non-empty string")
+    timestamp = document.get("timestamp")
+    event_id = document.get("id")
+    if event_id is not None and (not isinstance(event_id, str | int) or isinstance(event_id, bool)):
+        raise PayloadError("id must be a string")
+    if event_id is not None and len(str(event_id)) > _MAX_ID_LENGTH:
+        raise PayloadError(f"id is longer than {_MAX_ID_LENGTH}")
+    data = document.get("data")
+    if not isinstance(data, dict):
+        raise PayloadError("data must be a JSON object")
+    try:
+        parse_instant(timestamp)
+    except VersionError as exc:
+        raise PayloadError(f"timestamp: {exc}") from None
+
+    known = EVENT_TYPES.get(event_type)
+    write = None
+    if known is not None:
+        resource, action = known
+        status = _IMPLIED_STATUS.get(event_type.rsplit(".", 1)[1])
+        if status is not None and "status" not in data:
+            data = {**data, "status": status}
+        write = record_write(resource, action, timestamp, data)
+    return Event(
+        event_id=None if event_id is None else str(event_id),
+        event_type=event_type,
+        timestamp=str(timestamp),
+        write=write,
+    )

@@ -1,0 +1,76 @@
+"""The ordering guard: may this write change that record, and into what?
+
+Events arrive duplicated and out of order, so the mirror must end up the same whatever the
+order. Each record keeps two versions: the greatest create/update applied (whose fields the
+row shows) and the greatest delete seen. A write replaces a component only when its version
+is strictly greater, so applying writes is a max over each component: commutative,
+associative and idempotent. A record is deleted when its delete version beats its content
+version; because a delete ranks above an update at equal instants, an update at the same
+moment never undoes a delete, and a strictly newer update revives the record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from mirror.versions import Action
+
+
+@dataclass(frozen=True, slots=True)
+class RecordState:
+    """What the guard needs of a mirrored row."""
+
+    content_version: str | None = None
+    deleted_version: str | None = None
+    fields: Mapping[str, Any] | None = None
+
+    @property
+    def exists(self) -> bool:
+        return self.content_version is not None or self.deleted_version is not None
+
+    @property
+    def deleted(self) -> bool:
+        return self.deleted_version is not None and self.deleted_version > (
+            self.content_version or ""
+        )
+
+    @property
+    def version(self) -> str | None:
+        """The greatest version that wrote this record."""
+        return max(filter(None, (self.content_version, self.deleted_version)), default=None)
+
+
+# Effects of one write, as recorded on its event.
+CREATED = "created"
+UPDATED = "updated"
+DELETED = "deleted"
+RESTORED = "restored"
+STALE = "stale"
+
+
+def merge(
+    state: RecordState, action: Action, version_key: str, fields: Mapping[str, Any] | None
+) -> tuple[RecordState, str]:
+    """Apply one write to a record's state; return the new state and the write's effect."""
+    if action is Action.DELETE:
+        if state.deleted_version is not None and version_key <= state.deleted_version:
+            return state, STALE
+        new = replace(state, deleted_version=version_key)
+    else:
+        if state.content_version is not None and version_key <= state.content_version:
+            return state, STALE
+        new = replace(state, content_version=version_key, fields=fields)
+    return new, _effect(state, new)
+
+
+def _effect(old: RecordState, new: RecordState) -> str:
+    if new.deleted:
+        # Under a tombstone only the last-known content can change: the record stays deleted.
+        return STALE if old.deleted else DELETED
+    if old.deleted and not new.deleted:
+        return RESTORED
+    if not old.exists:
+        return CREATED
+    return UPDATED

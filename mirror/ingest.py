@@ -1,0 +1,109 @@
+"""One unit of work for arriving events: store them durably, then apply them to the mirror.
+
+Both happen in one transaction, so an acknowledged event is always stored and, unless it
+failed, applied. A fault while applying never loses an event: the batch is retried event by
+event, and an event that still fails is stored as ``failed`` with its error, for replay.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from sqlalchemy.engine import Connection
+
+from mirror.database import DatabaseUnavailable, write_transaction
+from mirror.eventlog import (
+    APPLIED,
+    FAILED,
+    IGNORED,
+    IncomingEvent,
+    Outcome,
+    record_outcomes,
+    store_events,
+)
+from mirror.records import apply_writes
+
+log = logging.getLogger(__name__)
+
+DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What became of one arriving event: stored under ``seq``, or a duplicate of one stored."""
+
+    seq: int | None
+    status: str  # applied, ignored, failed or duplicate
+    effect: str | None = None
+
+
+def ingest(engine: Engine, batch: Sequence[IncomingEvent]) -> list[Receipt]:
+    """Store and apply ``batch`` in one transaction; one receipt per event, in order."""
+    try:
+        return write_transaction(engine, lambda connection: _store_and_apply(connection, batch))
+    except DatabaseUnavailable:
+        raise
+    except Exception as error:
+        # Only the type: an exception's text can carry the statement's parameters.
+        log.error(
+            "applying %d events failed with %s; isolating them", len(batch), type(error).__name__
+        )
+        if len(batch) > 1:
+            return [receipt for item in batch for receipt in ingest(engine, [item])]
+        reason = f"apply failed: {type(error).__name__}"
+        return write_transaction(
+            engine, lambda connection: _store_failed(connection, batch, reason)
+        )
+
+
+def _store_and_apply(connection: Connection, batch: Sequence[IncomingEvent]) -> list[Receipt]:
+    stored = store_events(connection, _first_copies(batch))
+    to_apply = [(stored[_key(item)], item) for item in _first_copies(batch) if _key(item) in stored]
+    writes = [item.event.write for _, item in to_apply if item.event.write is not None]
+    effects = iter(apply_writes(connection, writes))
+    outcomes = {
+        seq: Outcome(seq, APPLIED, next(effects)) if item.event.write else Outcome(seq, IGNORED)
+        for seq, item in to_apply
+    }
+    record_outcomes(connection, list(outcomes.values()))
+    return _receipts(batch, stored, outcomes)
+
+
+def _store_failed(
+    connection: Connection, batch: Sequence[IncomingEvent], reason: str
+) -> list[Receipt]:
+    stored = store_events(connection, _first_copies(batch))
+    outcomes = {seq: Outcome(seq, FAILED, error=reason) for seq in stored.values()}
+    record_outcomes(connection, list(outcomes.values()))
+    return _receipts(batch, stored, outcomes)
+
+
+def _key(item: IncomingEvent) -> tuple[str, str]:
+    return item.source, item.dedup_key
+
+
+def _first_copies(batch: Sequence[IncomingEvent]) -> list[IncomingEvent]:
+    seen: dict[tuple[str, str], IncomingEvent] = {}
+    for item in batch:
+        seen.setdefault(_key(item), item)
+    return list(seen.values())
+
+
+def _receipts(
+    batch: Sequence[IncomingEvent], stored: dict[tuple[str, str], int], outcomes: dict[int, Outcome]
+) -> list[Receipt]:
+    receipts = []
+    answered: set[tuple[str, str]] = set()
+    for item in batch:
+        key = _key(item)
+        seq = stored.get(key)
+        if seq is None or key in answered:
+            receipts.append(Receipt(seq, DUPLICATE))
+        else:
+            outcome = outcomes[seq]
+            receipts.append(Receipt(seq, outcome.status, outcome.effect))
+        answered.add(key)
+    return receipts

@@ -1,0 +1,131 @@
+"""The mirror's tables: the analysts' interface. Names and columns are a public contract.
+
+Created and changed only by Alembic migrations (``migrations/``); this module is what the code
+and the migrations agree on.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Date,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY (its rowid).
+_Serial = BigInteger().with_variant(Integer(), "sqlite")
+_Timestamp = DateTime(timezone=True)
+_VersionKey = String(112)
+
+
+def _mirror_columns() -> list[Column[object]]:
+    """Bookkeeping shared by every mirrored table (see ``mirror.guard``)."""
+    return [
+        Column("created_at", _Timestamp, comment="record's created_at upstream"),
+        Column("updated_at", _Timestamp, comment="record's updated_at upstream"),
+        Column("raw", JSON(none_as_null=True), comment="the last applied record, verbatim"),
+        Column("source_version", String(40), comment="instant of the write that set this row"),
+        Column("deleted_at", _Timestamp, comment="set when deleted upstream; never removed"),
+        Column("mirrored_at", _Timestamp, nullable=False, comment="when this row last changed"),
+        Column("content_version", _VersionKey, comment="guard: greatest create/update"),
+        Column("deleted_version", _VersionKey, comment="guard: greatest delete"),
+    ]
+
+
+patients = Table(
+    "patients",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("first_name", Text),
+    Column("last_name", Text),
+    Column("date_of_birth", Date),
+    Column("gender", String(16)),
+    Column("phone", String(32)),
+    Column("abha_number", String(32)),
+    *_mirror_columns(),
+)
+
+appointments = Table(
+    "appointments",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("patient_id", String(128)),
+    Column("doctor_id", String(128)),
+    Column("date_time", _Timestamp),
+    Column("duration", Integer),
+    Column("type", String(32)),
+    Column("status", String(32)),
+    *_mirror_columns(),
+    Index(None, "date_time"),
+    Index(None, "doctor_id", "date_time"),
+    Index(None, "status", "date_time"),
+    Index(None, "patient_id"),
+)
+
+webhook_events = Table(
+    "webhook_events",
+    metadata,
+    Column("seq", _Serial, primary_key=True, autoincrement=True),
+    Column("source", String(16), nullable=False, comment="webhook or reconcile"),
+    Column("dedup_key", String(160), nullable=False, comment="body id, else digest of content"),
+    Column("event_id", String(128)),
+    Column("event_type", String(64), nullable=False),
+    Column("event_timestamp", String(64), nullable=False),
+    Column("resource", String(16)),
+    Column("record_id", String(128)),
+    Column("version", _VersionKey),
+    Column("status", String(16), nullable=False, comment="pending, applied, ignored, failed"),
+    Column("effect", String(16), comment="created, updated, deleted, restored, stale"),
+    Column("error", Text),
+    Column("attempts", SmallInteger, nullable=False, default=0),
+    Column("received_at", _Timestamp, nullable=False),
+    Column("applied_at", _Timestamp),
+    Column("headers", JSON, nullable=False),
+    Column("body", LargeBinary, nullable=False, comment="the raw bytes as received"),
+    UniqueConstraint("source", "dedup_key"),
+    Index(None, "received_at"),
+    Index(None, "status"),
+    Index(None, "event_type", "received_at"),
+    Index(None, "resource", "record_id"),
+)
+
+sync_runs = Table(
+    "sync_runs",
+    metadata,
+    Column("id", _Serial, primary_key=True, autoincrement=True),
+    Column("resource", String(16), nullable=False),
+    Column("kind", String(16), nullable=False, comment="full or upcoming"),
+    Column("started_at", _Timestamp, nullable=False),
+    Column("finished_at", _Timestamp),
+    Column("outcome", String(16), nullable=False, comment="running, success, incomplete, failed"),
+    Column("pages", Integer, nullable=False, default=0),
+    Column("records", Integer, nullable=False, default=0),
+    Column("created", Integer, nullable=False, default=0),
+    Column("updated", Integer, nullable=False, default=0),
+    Column("tombstoned", Integer, nullable=False, default=0),
+    Column("errors", Integer, nullable=False, default=0),
+    Column("error", Text),
+    Column("checkpoint", JSON),
+    Index(None, "started_at"),
+)
+
+MIRRORED_TABLES = {"patient": patients, "appointment": appointments}

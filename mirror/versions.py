@@ -1,0 +1,96 @@
+"""Versions of a record: when it was written upstream, compared as instants.
+
+A version key is a fixed-width string whose lexicographic order is the version order:
+``<UTC instant with nanoseconds>|<action rank>|<content digest>``. Fixed width makes the key
+comparable in Python and in SQL alike, and keeps sub-second precision that a datetime would
+round away.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import IntEnum
+
+_INSTANT = re.compile(
+    r"(?P<date>\d{4}-\d{2}-\d{2})[T ](?P<time>\d{2}:\d{2}:\d{2})"
+    r"(?:[.,](?P<fraction>\d{1,9}))?"
+    r"(?P<zone>Z|z|[+-]\d{2}:?\d{2})?"
+)
+
+
+class VersionError(ValueError):
+    """A timestamp that is not an ISO 8601 instant."""
+
+
+class Action(IntEnum):
+    """What a write does; at equal instants the greater rank wins (delete > update > create)."""
+
+    CREATE = 0
+    UPDATE = 1
+    DELETE = 2
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class Instant:
+    """A moment in UTC with nanosecond precision."""
+
+    seconds: datetime  # whole seconds, UTC
+    nanos: int
+
+    def iso(self) -> str:
+        return f"{self.seconds:%Y-%m-%dT%H:%M:%S}.{self.nanos:09d}Z"
+
+    def to_datetime(self) -> datetime:
+        """The instant as a datetime; sub-microsecond digits are dropped."""
+        return self.seconds + timedelta(microseconds=self.nanos // 1000)
+
+
+def parse_instant(text: object) -> Instant:
+    """Parse an ISO 8601 timestamp; an instant without a zone is taken as UTC."""
+    if not isinstance(text, str):
+        raise VersionError("timestamp must be a string")
+    match = _INSTANT.fullmatch(text.strip())
+    if match is None:
+        raise VersionError("timestamp is not ISO 8601 (YYYY-MM-DDTHH:MM:SS[.fff][Z|+HH:MM])")
+    try:
+        local = datetime.fromisoformat(f"{match['date']}T{match['time']}")
+    except ValueError as exc:
+        raise VersionError(f"timestamp is not a valid date and time: {exc}") from None
+    zone = match["zone"]
+    offset = timedelta(0)
+    if zone and zone not in ("Z", "z"):
+        digits = zone[1:].replace(":", "")
+        hours, minutes = int(digits[:2]), int(digits[2:])
+        if hours > 23 or minutes > 59:
+            raise VersionError("timestamp has an invalid UTC offset")
+        offset = timedelta(hours=hours, minutes=minutes)
+        if zone[0] == "-":
+            offset = -offset
+    try:
+        seconds = (local - offset).replace(tzinfo=UTC)
+    except OverflowError:
+        raise VersionError("timestamp is out of range") from None
+    if not 1 <= seconds.year <= 9999:
+        raise VersionError("timestamp is out of range")
+    fraction = match["fraction"] or ""
+    return Instant(seconds, int(fraction.ljust(9, "0")) if fraction else 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """The version of one write: its instant, then its action, then its content digest."""
+
+    instant: Instant
+    action: Action
+    digest: str  # hex sha-256 of the canonical content
+
+    @property
+    def key(self) -> str:
+        return f"{self.instant.iso()}|{int(self.action)}|{self.digest}"
+
+
+def instant_of_key(key: str) -> str:
+    """The ISO instant part of a version key (what analysts see as ``source_version``)."""
+    return key.split("|", 1)[0]

@@ -1,0 +1,63 @@
+"""The receiver's Litestar application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from sqlalchemy import Engine
+
+from config import Settings
+from mirror.database import create_mirror_engine
+from mirror.migrate import head_revision, is_current
+from receiver.errors import EXCEPTION_HANDLERS
+from receiver.health import healthz, readyz
+from receiver.intake import Intake
+from receiver.webhooks import receive_webhook
+
+
+class SchemaNotCurrent(Exception):
+    """The database's schema is not at the migrations' head."""
+
+
+def create_app(settings: Settings, *, engine: Engine | None = None) -> Litestar:
+    """The receiver for ``settings``; pass ``engine`` to share one the caller owns."""
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        owned = engine is None
+        mirror_engine = engine or create_mirror_engine(
+            settings.database_url, timeout_seconds=settings.database_timeout_seconds
+        )
+        try:
+            if not is_current(mirror_engine):
+                raise SchemaNotCurrent(
+                    "the database schema is not current: run `healthdock-mirror migrate`"
+                )
+            intake = Intake(mirror_engine, max_batch=settings.intake_max_batch)
+            await intake.start()
+            app.state.engine = mirror_engine
+            app.state.intake = intake
+            try:
+                yield
+            finally:
+                await intake.stop()
+        finally:
+            if owned:
+                mirror_engine.dispose()
+
+    app = Litestar(
+        route_handlers=[receive_webhook, healthz, readyz],
+        lifespan=[lifespan],
+        exception_handlers=dict(EXCEPTION_HANDLERS),
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(title="healthdock-mirror", version="0.1.0", path="/schema"),
+        debug=False,
+        # Logging is the entry point's to configure (and never logs request bodies).
+        logging_config=None,
+    )
+    app.state.settings = settings
+    app.state.schema_head = head_revision()
+    return app

@@ -1,0 +1,80 @@
+"""One mapping from our errors to HTTP statuses and the vendor's error envelope."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException
+
+from mirror.database import DatabaseUnavailable
+from mirror.events import PayloadError
+from receiver.intake import IntakeClosed
+from receiver.signature import SignatureError
+
+log = logging.getLogger(__name__)
+
+_CODES = {
+    400: "INVALID_REQUEST",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    413: "PAYLOAD_TOO_LARGE",
+    429: "RATE_LIMITED",
+    503: "SERVICE_UNAVAILABLE",
+}
+
+
+def envelope(
+    status: int,
+    code: str,
+    message: str,
+    details: Mapping[str, object] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response[dict[str, Any]]:
+    body = {"success": False, "error": {"code": code, "message": message, "details": details or {}}}
+    return Response(body, status_code=status, headers=dict(headers or {}))
+
+
+def _signature(_: Request[Any, Any, Any], error: SignatureError) -> Response[dict[str, Any]]:
+    return envelope(401, "INVALID_SIGNATURE", str(error))
+
+
+def _payload(_: Request[Any, Any, Any], error: PayloadError) -> Response[dict[str, Any]]:
+    return envelope(400, "INVALID_REQUEST", str(error))
+
+
+def _unavailable(_: Request[Any, Any, Any], error: Exception) -> Response[dict[str, Any]]:
+    return envelope(
+        503,
+        "SERVICE_UNAVAILABLE",
+        "the mirror database is unavailable; retry later",
+        headers={"Retry-After": "5"},
+    )
+
+
+def _http(_: Request[Any, Any, Any], error: HTTPException) -> Response[dict[str, Any]]:
+    status = error.status_code
+    code = _CODES.get(status, "INVALID_REQUEST" if status < 500 else "INTERNAL_ERROR")
+    message = "request body is too large" if status == 413 else str(error.detail)
+    return envelope(status, code, message, headers=error.headers)
+
+
+def _internal(_: Request[Any, Any, Any], error: Exception) -> Response[dict[str, Any]]:
+    # Only the type is logged: exception text can carry request data.
+    log.error("unhandled %s", type(error).__name__)
+    return envelope(500, "INTERNAL_ERROR", "internal error")
+
+
+EXCEPTION_HANDLERS: Mapping[Any, Callable[..., Response[Any]]] = {
+    SignatureError: _signature,
+    PayloadError: _payload,
+    DatabaseUnavailable: _unavailable,
+    IntakeClosed: _unavailable,
+    TimeoutError: _unavailable,
+    HTTPException: _http,
+    500: _internal,
+}

@@ -1,0 +1,100 @@
+"""Real databases for every test: a SQLite file always, PostgreSQL when
+``HEALTHDOCK_TEST_POSTGRES_URL`` is set (``.ci/run`` sets it and fails if it is unreachable)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from litestar import Litestar
+from litestar.testing import TestClient
+from sqlalchemy import Engine, create_engine, text
+
+from config import Settings
+from mirror.database import create_mirror_engine
+from mirror.migrate import upgrade
+from receiver import create_app
+from tests.factories import SECRET
+
+POSTGRES_URL = os.environ.get("HEALTHDOCK_TEST_POSTGRES_URL")
+
+_BACKENDS = [
+    "sqlite",
+    pytest.param(
+        "postgresql",
+        marks=pytest.mark.skipif(
+            not POSTGRES_URL, reason="HEALTHDOCK_TEST_POSTGRES_URL is not set (CI always sets it)"
+        ),
+    ),
+]
+
+
+@contextlib.contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A URL whose connections see only a new, empty PostgreSQL schema (dropped afterwards)."""
+    assert POSTGRES_URL is not None
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://", 1))
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    try:
+        yield f"{POSTGRES_URL}{separator}options={quote(f'-csearch_path={schema}')}"
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=_BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of each kind: a new SQLite file, or a new PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'mirror.db'}"
+        return
+    with postgres_schema() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """An empty PostgreSQL schema, for scenarios that only PostgreSQL has."""
+    if not POSTGRES_URL:
+        pytest.skip("HEALTHDOCK_TEST_POSTGRES_URL is not set (CI always sets it)")
+    with postgres_schema() as url:
+        yield url
+
+
+def make_settings(database_url: str, **overrides: object) -> Settings:
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=database_url,
+        webhook_secret=(SECRET.decode(),),  # type: ignore[arg-type]
+        **{"database_timeout_seconds": 2.0, **overrides},  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """A migrated mirror database."""
+    mirror_engine = create_mirror_engine(database_url, timeout_seconds=2.0)
+    upgrade(mirror_engine)
+    yield mirror_engine
+    mirror_engine.dispose()
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return make_settings(database_url)
+
+
+@pytest.fixture
+def client(settings: Settings, engine: Engine) -> Iterator[TestClient[Litestar]]:
+    """The receiver on a migrated database, through its real lifespan."""
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client

@@ -1,0 +1,59 @@
+"""Bad configuration fails at start with a message naming the setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from config import SettingsError, load_settings
+
+
+def test_defaults_are_safe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings()
+    assert settings.database_url.startswith("sqlite:///")
+    assert settings.host == "127.0.0.1"  # not reachable from the network unless asked
+    assert settings.max_body_bytes == 1024 * 1024
+    assert settings.webhook_secrets == ()
+
+
+def test_secrets_are_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEALTHDOCK_WEBHOOK_SECRET", "new-one, old-one,")
+    assert load_settings().webhook_secrets == (b"new-one", b"old-one")
+
+
+def test_secrets_are_not_shown_when_settings_are_printed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEALTHDOCK_WEBHOOK_SECRET", "hunter2")
+    monkeypatch.setenv("HEALTHDOCK_ADMIN_TOKEN", "t0ken")
+    shown = repr(load_settings()) + str(load_settings())
+    assert "hunter2" not in shown
+    assert "t0ken" not in shown
+
+
+def test_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("HEALTHDOCK_PORT=9123\n")
+    assert load_settings().port == 9123
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        (
+            "HEALTHDOCK_DATABASE_URL",
+            "mysql://db/mirror",
+            "HEALTHDOCK_DATABASE_URL: unknown driver 'mysql'",
+        ),
+        ("HEALTHDOCK_PORT", "eighty", "HEALTHDOCK_PORT"),
+        ("HEALTHDOCK_PORT", "70000", "HEALTHDOCK_PORT"),
+        ("HEALTHDOCK_MAX_BODY_BYTES", "10", "HEALTHDOCK_MAX_BODY_BYTES"),
+        ("HEALTHDOCK_LOG_LEVEL", "chatty", "HEALTHDOCK_LOG_LEVEL"),
+    ],
+)
+def test_bad_values_name_the_setting(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, named: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError, match=named):
+        load_settings()
