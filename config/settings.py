@@ -35,8 +35,6 @@ class Settings(BaseSettings):
     # Group commit: events arriving together share one transaction and one fsync.
     intake_max_batch: int = Field(default=256, ge=1, le=10_000)
     database_timeout_seconds: float = Field(default=5.0, gt=0)
-    # A webhook waiting longer than this for its commit gets a 503, so the sender retries.
-    request_timeout_seconds: float = Field(default=30.0, gt=0)
     log_level: str = "INFO"
 
     @field_validator("webhook_secret", mode="before")

@@ -30,6 +30,9 @@ def create_mirror_engine(database_url: str, *, timeout_seconds: float = 5.0) -> 
         return _sqlite_engine(database_url, timeout_seconds)
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg")
+    # A write waiting on another's lock longer than this fails (503) instead of hanging.
+    options = f"{url.query.get('options', '')} -c lock_timeout={int(timeout_seconds * 1000)}"
+    url = url.update_query_dict({"options": options.strip()})
     return create_engine(
         url,
         poolclass=QueuePool,

@@ -6,17 +6,16 @@ redelivery finds its first copy and has no second effect.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import bindparam, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from mirror.driver import Driver
 from mirror.events import Event
-from mirror.schema import webhook_events
 
 PENDING = "pending"
 APPLIED = "applied"
@@ -44,9 +43,8 @@ class IncomingEvent:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What applying a stored event did."""
+    """What applying an event did."""
 
-    seq: int
     status: str
     effect: str | None = None
     error: str | None = None
@@ -63,64 +61,78 @@ def storable_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]
     return [(name, value) for name, value in headers if name.lower() not in _UNSTORED_HEADERS]
 
 
-def store_events(
+_COLUMNS = (
+    "source", "dedup_key", "event_id", "event_type", "event_timestamp", "resource", "record_id",
+    "version", "status", "effect", "error", "attempts", "received_at", "applied_at", "headers",
+    "body",
+)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_sql(rows: int) -> str:
+    """One multi-row INSERT (so RETURNING says which rows were new) for ``rows`` events."""
+    values = ", ".join(
+        "(" + ", ".join(f":{name}_{i}" for name in _COLUMNS) + ")" for i in range(rows)
+    )
+    return (
+        f"INSERT INTO webhook_events ({', '.join(_COLUMNS)}) VALUES {values} "
+        "ON CONFLICT (source, dedup_key) DO NOTHING RETURNING seq, source, dedup_key"
+    )
+
+
+# Keeps one statement's parameters under SQLite's and PostgreSQL's limits.
+_ROWS_PER_INSERT = 64
+
+
+def stored_before(
     connection: Connection, incoming: Sequence[IncomingEvent]
+) -> set[tuple[str, str]]:
+    """The (source, dedup key) pairs of ``incoming`` that the event log already holds."""
+    driver = Driver.of(connection)
+    # Filtered by source too, so the lookup uses the (source, dedup_key) unique index.
+    sql = (
+        "SELECT source, dedup_key FROM webhook_events "
+        f"WHERE source = :source AND {driver.id_list('dedup_key', 'keys')}"
+    )
+    found: set[tuple[str, str]] = set()
+    for source in sorted({item.source for item in incoming}):
+        keys = sorted({item.dedup_key for item in incoming if item.source == source})
+        rows = driver.execute(connection, sql, {"source": source, "keys": driver.ids(keys)})
+        found.update((row[0], row[1]) for row in rows)
+    return found
+
+
+def store_events(
+    connection: Connection, incoming: Sequence[tuple[IncomingEvent, Outcome]]
 ) -> dict[tuple[str, str], int]:
-    """Insert events not stored before; return the new ones' ``seq`` by (source, dedup key)."""
-    if not incoming:
-        return {}
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    statement = (
-        dialect.insert(webhook_events)
-        .on_conflict_do_nothing(index_elements=["source", "dedup_key"])
-        .returning(webhook_events.c.seq, webhook_events.c.source, webhook_events.c.dedup_key)
-    )
-    rows = [
-        {
-            "source": item.source,
-            "dedup_key": item.dedup_key,
-            "event_id": item.event.event_id,
-            "event_type": item.event.event_type,
-            "event_timestamp": item.event.timestamp,
-            "resource": item.event.write.resource.value if item.event.write else None,
-            "record_id": item.event.write.record_id if item.event.write else None,
-            "version": item.event.write.version.key if item.event.write else None,
-            "status": PENDING,
-            "attempts": 0,
-            "received_at": item.received_at,
-            "headers": [list(pair) for pair in item.headers],
-            "body": item.body,
-        }
-        for item in incoming
-    ]
-    result = connection.execute(statement, rows)
-    return {(row.source, row.dedup_key): row.seq for row in result}
-
-
-def record_outcomes(connection: Connection, outcomes: Sequence[Outcome]) -> None:
-    """Set each event's status and effect, counting the attempt."""
-    if not outcomes:
-        return
-    now = datetime.now(UTC)
-    statement = (
-        update(webhook_events)
-        .where(webhook_events.c.seq == bindparam("b_seq"))
-        .values(
-            status=bindparam("b_status"),
-            effect=bindparam("b_effect"),
-            error=bindparam("b_error"),
-            applied_at=bindparam("b_applied_at"),
-            attempts=webhook_events.c.attempts + 1,
-        )
-    )
-    params: list[Mapping[str, object]] = [
-        {
-            "b_seq": outcome.seq,
-            "b_status": outcome.status,
-            "b_effect": outcome.effect,
-            "b_error": outcome.error,
-            "b_applied_at": now if outcome.status in (APPLIED, IGNORED) else None,
-        }
-        for outcome in outcomes
-    ]
-    connection.execute(statement, params)
+    """Insert events with their outcome, unless stored before; return new ``seq`` by key."""
+    driver = Driver.of(connection)
+    now = driver.timestamp(datetime.now(UTC))
+    stored: dict[tuple[str, str], int] = {}
+    for start in range(0, len(incoming), _ROWS_PER_INSERT):
+        chunk = incoming[start : start + _ROWS_PER_INSERT]
+        params: dict[str, object] = {}
+        for i, (item, outcome) in enumerate(chunk):
+            write = item.event.write
+            row = (
+                item.source,
+                item.dedup_key,
+                item.event.event_id,
+                item.event.event_type,
+                item.event.timestamp,
+                write.resource.value if write else None,
+                write.record_id if write else None,
+                write.version.key if write else None,
+                outcome.status,
+                outcome.effect,
+                outcome.error,
+                0 if outcome.status == PENDING else 1,
+                driver.timestamp(item.received_at),
+                now if outcome.status in (APPLIED, IGNORED) else None,
+                driver.json([list(pair) for pair in item.headers]),
+                item.body,
+            )
+            params.update({f"{name}_{i}": value for name, value in zip(_COLUMNS, row, strict=True)})
+        result = driver.execute(connection, _insert_sql(len(chunk)), params)
+        stored.update({(new[1], new[2]): new[0] for new in result})
+    return stored

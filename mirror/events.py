@@ -117,11 +117,6 @@ def parse_event(document: object) -> Event:
     data = document.get("data")
     if not isinstance(data, dict):
         raise PayloadError("data must be a JSON object")
-    try:
-        parse_instant(timestamp)
-    except VersionError as exc:
-        raise PayloadError(f"timestamp: {exc}") from None
-
     known = EVENT_TYPES.get(event_type)
     write = None
     if known is not None:
@@ -130,6 +125,12 @@ def parse_event(document: object) -> Event:
         if status is not None and "status" not in data:
             data = {**data, "status": status}
         write = record_write(resource, action, timestamp, data)
+    else:
+        # Stored for a later replay, so its timestamp must already be a version.
+        try:
+            parse_instant(timestamp)
+        except VersionError as exc:
+            raise PayloadError(f"timestamp: {exc}") from None
     return Event(
         event_id=None if event_id is None else str(event_id),
         event_type=event_type,

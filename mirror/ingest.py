@@ -21,8 +21,8 @@ from mirror.eventlog import (
     IGNORED,
     IncomingEvent,
     Outcome,
-    record_outcomes,
     store_events,
+    stored_before,
 )
 from mirror.records import apply_writes
 
@@ -60,25 +60,30 @@ def ingest(engine: Engine, batch: Sequence[IncomingEvent]) -> list[Receipt]:
 
 
 def _store_and_apply(connection: Connection, batch: Sequence[IncomingEvent]) -> list[Receipt]:
-    stored = store_events(connection, _first_copies(batch))
-    to_apply = [(stored[_key(item)], item) for item in _first_copies(batch) if _key(item) in stored]
-    writes = [item.event.write for _, item in to_apply if item.event.write is not None]
+    # Applied first, stored after, so each event row is written once with its outcome. An
+    # event stored before (a redelivery) is not applied again.
+    seen = stored_before(connection, batch)
+    fresh = [item for item in _first_copies(batch) if _key(item) not in seen]
+    writes = [item.event.write for item in fresh if item.event.write is not None]
     effects = iter(apply_writes(connection, writes))
-    outcomes = {
-        seq: Outcome(seq, APPLIED, next(effects)) if item.event.write else Outcome(seq, IGNORED)
-        for seq, item in to_apply
-    }
-    record_outcomes(connection, list(outcomes.values()))
-    return _receipts(batch, stored, outcomes)
+    outcomes = [
+        (item, Outcome(APPLIED, next(effects)) if item.event.write else Outcome(IGNORED))
+        for item in fresh
+    ]
+    return _receipts(batch, store_events(connection, outcomes), _by_key(outcomes))
 
 
 def _store_failed(
     connection: Connection, batch: Sequence[IncomingEvent], reason: str
 ) -> list[Receipt]:
-    stored = store_events(connection, _first_copies(batch))
-    outcomes = {seq: Outcome(seq, FAILED, error=reason) for seq in stored.values()}
-    record_outcomes(connection, list(outcomes.values()))
-    return _receipts(batch, stored, outcomes)
+    outcomes = [(item, Outcome(FAILED, error=reason)) for item in _first_copies(batch)]
+    return _receipts(batch, store_events(connection, outcomes), _by_key(outcomes))
+
+
+def _by_key(
+    outcomes: Sequence[tuple[IncomingEvent, Outcome]],
+) -> dict[tuple[str, str], Outcome]:
+    return {_key(item): outcome for item, outcome in outcomes}
 
 
 def _key(item: IncomingEvent) -> tuple[str, str]:
@@ -93,7 +98,9 @@ def _first_copies(batch: Sequence[IncomingEvent]) -> list[IncomingEvent]:
 
 
 def _receipts(
-    batch: Sequence[IncomingEvent], stored: dict[tuple[str, str], int], outcomes: dict[int, Outcome]
+    batch: Sequence[IncomingEvent],
+    stored: dict[tuple[str, str], int],
+    outcomes: dict[tuple[str, str], Outcome],
 ) -> list[Receipt]:
     receipts = []
     answered: set[tuple[str, str]] = set()
@@ -103,7 +110,7 @@ def _receipts(
         if seq is None or key in answered:
             receipts.append(Receipt(seq, DUPLICATE))
         else:
-            outcome = outcomes[seq]
+            outcome = outcomes[key]
             receipts.append(Receipt(seq, outcome.status, outcome.effect))
         answered.add(key)
     return receipts

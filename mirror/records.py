@@ -10,10 +10,9 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from mirror.driver import Driver
 from mirror.events import RecordWrite, Resource
 from mirror.guard import RecordState, merge
 from mirror.schema import MIRRORED_TABLES
@@ -96,41 +95,45 @@ def typed_columns(resource: Resource, fields: Mapping[str, Any] | None) -> dict[
     return columns
 
 
-def _row_values(resource: Resource, state: RecordState, now: datetime) -> dict[str, object]:
-    deleted_at = None
+def _deleted_at(state: RecordState) -> datetime | None:
     if state.deleted and state.deleted_version is not None:
-        deleted_at = _datetime(instant_of_key(state.deleted_version))
-    version = state.version
-    return {
-        **typed_columns(resource, state.fields),
-        "raw": dict(state.fields) if state.fields is not None else None,
-        "source_version": instant_of_key(version) if version else None,
-        "deleted_at": deleted_at,
-        "mirrored_at": now,
-        "content_version": state.content_version,
-        "deleted_version": state.deleted_version,
-    }
+        return _datetime(instant_of_key(state.deleted_version))
+    return None
 
 
-def _insert_placeholders(connection: Connection, table: Table, ids: Sequence[str]) -> None:
-    """Make sure a row exists for every id, so the rows can be locked before they are read."""
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(table).on_conflict_do_nothing(index_elements=["id"])
-    now = datetime.now(UTC)
-    connection.execute(statement, [{"id": record_id, "mirrored_at": now} for record_id in ids])
+class _Statements:
+    """The SQL that writes one mirrored table (see ``mirror.driver``)."""
+
+    def __init__(self, resource: Resource, driver: Driver) -> None:
+        self.resource = resource
+        table = MIRRORED_TABLES[resource.value].name
+        self.typed = list(_TYPED[resource])
+        self.dates = {name for name, convert in _TYPED[resource].items() if convert is _date}
+        self.timestamps = {n for n, convert in _TYPED[resource].items() if convert is _datetime}
+        self.placeholders = (
+            f"INSERT INTO {table} (id, mirrored_at) VALUES (:id, :now) ON CONFLICT (id) DO NOTHING"
+        )
+        lock = " FOR UPDATE" if driver.postgres else ""
+        self.lock = (
+            f"SELECT id, content_version, deleted_version FROM {table} "
+            f"WHERE {driver.id_list('id', 'ids')} ORDER BY id{lock}"
+        )
+        bookkeeping = ["deleted_version", "deleted_at", "source_version", "mirrored_at"]
+        # Only the delete changed: the row's last known content stays as it is.
+        self.delete_only = _update(table, bookkeeping)
+        self.content = _update(table, [*self.typed, "raw", "content_version", *bookkeeping])
 
 
-def _lock_states(
-    connection: Connection, table: Table, ids: Sequence[str]
-) -> dict[str, RecordState]:
-    # FOR UPDATE serializes concurrent writers of one record on PostgreSQL; SQLite has one
-    # writer at a time already (BEGIN IMMEDIATE) and ignores it.
-    rows = connection.execute(
-        select(table.c.id, table.c.content_version, table.c.deleted_version, table.c.raw)
-        .where(table.c.id.in_(ids))
-        .with_for_update()
-    )
-    return {row.id: RecordState(row.content_version, row.deleted_version, row.raw) for row in rows}
+def _update(table: str, columns: Sequence[str]) -> str:
+    assignments = ", ".join(f"{name} = :{name}" for name in columns)
+    return f"UPDATE {table} SET {assignments} WHERE id = :id"
+
+
+_STATEMENTS = {
+    (resource, driver.postgres): _Statements(resource, driver)
+    for resource in Resource
+    for driver in (Driver("sqlite"), Driver("postgresql"))
+}
 
 
 def apply_writes(connection: Connection, writes: Sequence[RecordWrite]) -> list[str]:
@@ -140,51 +143,65 @@ def apply_writes(connection: Connection, writes: Sequence[RecordWrite]) -> list[
     ``stale``), one per write, in the order given.
     """
     effects: list[str] = ["" for _ in writes]
+    driver = Driver.of(connection)
     now = datetime.now(UTC)
     for resource in Resource:
         positions = [i for i, write in enumerate(writes) if write.resource is resource]
         if not positions:
             continue
-        table = MIRRORED_TABLES[resource.value]
+        sql = _STATEMENTS[resource, driver.postgres]
         # Sorted ids give every transaction the same lock order, so writers cannot deadlock.
         ids = sorted({writes[i].record_id for i in positions})
-        _insert_placeholders(connection, table, ids)
-        states = _lock_states(connection, table, ids)
-        changed: set[str] = set()
+        # A row for every id first, so that all of them can be locked before they are read.
+        stamp = driver.timestamp(now)
+        driver.execute(connection, sql.placeholders, [{"id": i, "now": stamp} for i in ids])
+        # FOR UPDATE serializes concurrent writers of a record on PostgreSQL; SQLite has one
+        # writer at a time already (BEGIN IMMEDIATE).
+        rows = driver.execute(connection, sql.lock, {"ids": driver.ids(ids)})
+        before = {row[0]: RecordState(row[1], row[2]) for row in rows}
+        states = dict(before)
         for i in positions:
             write = writes[i]
-            state = states.get(write.record_id, RecordState())
-            new_state, effects[i] = merge(state, write.action, write.version.key, write.fields)
-            if new_state is not state:
-                states[write.record_id] = new_state
-                changed.add(write.record_id)
-        if changed:
-            _update_rows(connection, table, resource, {i: states[i] for i in changed}, now)
+            state = states[write.record_id]
+            states[write.record_id], effects[i] = merge(
+                state, write.action, write.version.key, write.fields
+            )
+        _write_changes(connection, driver, sql, before, states, stamp)
     return effects
 
 
-def _update_rows(
+def _write_changes(
     connection: Connection,
-    table: Table,
-    resource: Resource,
-    states: Mapping[str, RecordState],
-    now: datetime,
+    driver: Driver,
+    sql: _Statements,
+    before: Mapping[str, RecordState],
+    after: Mapping[str, RecordState],
+    stamp: object,
 ) -> None:
-    rows = [
-        {"record_id": record_id, **_row_values(resource, state, now)}
-        for record_id, state in sorted(states.items())
-    ]
-    # Parameters named after columns become the SET clause of this executemany.
-    statement = update(table).where(table.c.id == bindparam("record_id"))
-    connection.execute(statement, rows)
-
-
-def read_state(connection: Connection, resource: Resource, record_id: str) -> RecordState | None:
-    """The guard's view of one record, or None when it was never mirrored."""
-    table = MIRRORED_TABLES[resource.value]
-    row = connection.execute(
-        select(table.c.content_version, table.c.deleted_version, table.c.raw).where(
-            table.c.id == record_id
-        )
-    ).first()
-    return None if row is None else RecordState(row.content_version, row.deleted_version, row.raw)
+    content_rows, delete_rows = [], []
+    for record_id, state in after.items():
+        old = before[record_id]
+        if state == old:
+            continue
+        version = state.version
+        row: dict[str, object] = {
+            "id": record_id,
+            "deleted_version": state.deleted_version,
+            "deleted_at": driver.timestamp(_deleted_at(state)),
+            "source_version": instant_of_key(version) if version else None,
+            "mirrored_at": stamp,
+        }
+        if state.content_version == old.content_version:
+            delete_rows.append(row)
+            continue
+        typed = typed_columns(sql.resource, state.fields)
+        for name in sql.dates:
+            typed[name] = driver.date(typed[name])  # type: ignore[arg-type]
+        for name in sql.timestamps:
+            typed[name] = driver.timestamp(typed[name])  # type: ignore[arg-type]
+        row.update(typed, raw=driver.json(state.fields), content_version=state.content_version)
+        content_rows.append(row)
+    if content_rows:
+        driver.execute(connection, sql.content, content_rows)
+    if delete_rows:
+        driver.execute(connection, sql.delete_only, delete_rows)

@@ -8,7 +8,6 @@ as ``JSON.stringify`` would write it: compact, original key order, non-ASCII lef
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import math
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ class SignatureError(Exception):
 
 def sign(content: bytes, secret: bytes) -> str:
     """The signature HealthDock puts on ``content``: ``sha256=<hex HMAC-SHA256>``."""
-    return _PREFIX + hmac.new(secret, content, hashlib.sha256).hexdigest()
+    return _PREFIX + hmac.digest(secret, content, "sha256").hex()
 
 
 def verify(body: bytes, header: str | None, secrets: Sequence[bytes]) -> bytes:
@@ -51,20 +50,19 @@ def _check(content: bytes, signature: str, secrets: Sequence[bytes]) -> None:
     matched = False
     # Compare against every secret, whatever matched, so timing says nothing about which.
     for secret in secrets:
-        expected = hmac.new(secret, content, hashlib.sha256).hexdigest()
-        matched |= hmac.compare_digest(expected, digest)
+        matched |= hmac.compare_digest(hmac.digest(secret, content, "sha256"), digest)
     if not matched:
         raise SignatureError("signature does not match")
 
 
-def _parse(signature: str) -> str:
+def _parse(signature: str) -> bytes:
     text = signature.strip()
     if not text.startswith(_PREFIX):
         raise SignatureError("signature must look like sha256=<hex>")
     digest = text[len(_PREFIX) :].lower()
     if len(digest) != 64 or not _HEX_DIGITS.issuperset(digest):
         raise SignatureError("signature must look like sha256=<64 hex digits>")
-    return digest
+    return bytes.fromhex(digest)
 
 
 def _embedded(body: bytes) -> tuple[bytes, str]:
