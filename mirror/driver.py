@@ -13,7 +13,7 @@ import functools
 import re
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
-from typing import Any, Unpack
+from typing import Any
 
 import msgspec
 from sqlalchemy import CursorResult
@@ -37,7 +37,7 @@ class Driver:
         connection: Connection,
         sql: str,
         params: Mapping[str, Any] | Sequence[Mapping[str, Any]],
-    ) -> CursorResult[Unpack[tuple[Any, ...]]]:
+    ) -> CursorResult[*tuple[Any, ...]]:
         return connection.exec_driver_sql(self._native(sql), params)
 
     def _native(self, sql: str) -> str:
@@ -66,6 +66,36 @@ class Driver:
     @staticmethod
     def json(value: object) -> str | None:
         return None if value is None else msgspec.json.encode(value).decode()
+
+
+class BulkStatement:
+    """One statement over many rows.
+
+    SQLite runs ``sqlite`` once per row (``executemany``: cheap in process). PostgreSQL runs
+    ``postgres`` once for all rows, each ``:column`` bound to an array of that column's values
+    (``unnest``), because a round trip or a bound parameter per row costs more than the work.
+    """
+
+    def __init__(self, columns: Sequence[str], sqlite: str, postgres: str) -> None:
+        self.columns = tuple(columns)
+        self.sqlite = sqlite
+        self.postgres = postgres
+
+    def execute(
+        self, connection: Connection, rows: Sequence[Mapping[str, Any]]
+    ) -> CursorResult[*tuple[Any, ...]]:
+        driver = Driver.of(connection)
+        if not driver.postgres:
+            return driver.execute(connection, self.sqlite, rows)
+        arrays = {name: [row[name] for row in rows] for name in self.columns}
+        return driver.execute(connection, self.postgres, arrays)
+
+
+def unnest(columns: Sequence[tuple[str, str]]) -> str:
+    """``unnest(:a::text[], ...) AS v(a, ...)`` for (column, PostgreSQL type) pairs."""
+    arrays = ", ".join(f":{name}::{kind}[]" for name, kind in columns)
+    names = ", ".join(name for name, _ in columns)
+    return f"unnest({arrays}) AS v({names})"
 
 
 @functools.lru_cache(maxsize=256)

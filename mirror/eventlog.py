@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.engine import Connection
 
-from mirror.driver import Driver
+from mirror.driver import Driver, unnest
 from mirror.events import Event
 
 PENDING = "pending"
@@ -62,25 +62,31 @@ def storable_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]
 
 
 _COLUMNS = (
-    "source", "dedup_key", "event_id", "event_type", "event_timestamp", "resource", "record_id",
-    "version", "status", "effect", "error", "attempts", "received_at", "applied_at", "headers",
-    "body",
+    ("source", "text"), ("dedup_key", "text"), ("event_id", "text"), ("event_type", "text"),
+    ("event_timestamp", "text"), ("resource", "text"), ("record_id", "text"),
+    ("version", "text"), ("status", "text"), ("effect", "text"), ("error", "text"),
+    ("attempts", "smallint"), ("received_at", "timestamptz"), ("applied_at", "timestamptz"),
+    ("headers", "json"), ("body", "bytea"),
 )  # fmt: skip
+_NAMES = [name for name, _ in _COLUMNS]
+_RETURNING = "ON CONFLICT (dedup_key, source) DO NOTHING RETURNING seq, source, dedup_key"
+# PostgreSQL: one statement over column arrays, whatever the number of rows.
+_INSERT_UNNEST = (
+    f"INSERT INTO webhook_events ({', '.join(_NAMES)}) "
+    f"SELECT {', '.join(_NAMES)} FROM {unnest(_COLUMNS)} {_RETURNING}"
+)
 
 
 @functools.lru_cache(maxsize=64)
-def _insert_sql(rows: int) -> str:
-    """One multi-row INSERT (so RETURNING says which rows were new) for ``rows`` events."""
+def _insert_values(rows: int) -> str:
+    """SQLite: one multi-row INSERT (so RETURNING says which rows were new) for ``rows`` rows."""
     values = ", ".join(
-        "(" + ", ".join(f":{name}_{i}" for name in _COLUMNS) + ")" for i in range(rows)
+        "(" + ", ".join(f":{name}_{i}" for name in _NAMES) + ")" for i in range(rows)
     )
-    return (
-        f"INSERT INTO webhook_events ({', '.join(_COLUMNS)}) VALUES {values} "
-        "ON CONFLICT (source, dedup_key) DO NOTHING RETURNING seq, source, dedup_key"
-    )
+    return f"INSERT INTO webhook_events ({', '.join(_NAMES)}) VALUES {values} {_RETURNING}"
 
 
-# Keeps one statement's parameters under SQLite's and PostgreSQL's limits.
+# Keeps one SQLite statement's parameters under its limit.
 _ROWS_PER_INSERT = 64
 
 
@@ -89,7 +95,7 @@ def stored_before(
 ) -> set[tuple[str, str]]:
     """The (source, dedup key) pairs of ``incoming`` that the event log already holds."""
     driver = Driver.of(connection)
-    # Filtered by source too, so the lookup uses the (source, dedup_key) unique index.
+    # The (dedup_key, source) unique index answers this lookup.
     sql = (
         "SELECT source, dedup_key FROM webhook_events "
         f"WHERE source = :source AND {driver.id_list('dedup_key', 'keys')}"
@@ -108,31 +114,42 @@ def store_events(
     """Insert events with their outcome, unless stored before; return new ``seq`` by key."""
     driver = Driver.of(connection)
     now = driver.timestamp(datetime.now(UTC))
-    stored: dict[tuple[str, str], int] = {}
-    for start in range(0, len(incoming), _ROWS_PER_INSERT):
-        chunk = incoming[start : start + _ROWS_PER_INSERT]
-        params: dict[str, object] = {}
-        for i, (item, outcome) in enumerate(chunk):
-            write = item.event.write
-            row = (
-                item.source,
-                item.dedup_key,
-                item.event.event_id,
-                item.event.event_type,
-                item.event.timestamp,
-                write.resource.value if write else None,
-                write.record_id if write else None,
-                write.version.key if write else None,
-                outcome.status,
-                outcome.effect,
-                outcome.error,
-                0 if outcome.status == PENDING else 1,
-                driver.timestamp(item.received_at),
-                now if outcome.status in (APPLIED, IGNORED) else None,
-                driver.json([list(pair) for pair in item.headers]),
-                item.body,
-            )
-            params.update({f"{name}_{i}": value for name, value in zip(_COLUMNS, row, strict=True)})
-        result = driver.execute(connection, _insert_sql(len(chunk)), params)
-        stored.update({(new[1], new[2]): new[0] for new in result})
-    return stored
+    rows = [_row(driver, item, outcome, now) for item, outcome in incoming]
+    if not rows:
+        return {}
+    if driver.postgres:
+        arrays = {name: [row[i] for row in rows] for i, name in enumerate(_NAMES)}
+        results = [driver.execute(connection, _INSERT_UNNEST, arrays)]
+    else:
+        results = []
+        for start in range(0, len(rows), _ROWS_PER_INSERT):
+            chunk = rows[start : start + _ROWS_PER_INSERT]
+            params = {
+                f"{name}_{i}": value
+                for i, row in enumerate(chunk)
+                for name, value in zip(_NAMES, row, strict=True)
+            }
+            results.append(driver.execute(connection, _insert_values(len(chunk)), params))
+    return {(new[1], new[2]): new[0] for result in results for new in result}
+
+
+def _row(driver: Driver, item: IncomingEvent, outcome: Outcome, now: object) -> tuple[object, ...]:
+    write = item.event.write
+    return (
+        item.source,
+        item.dedup_key,
+        item.event.event_id,
+        item.event.event_type,
+        item.event.timestamp,
+        write.resource.value if write else None,
+        write.record_id if write else None,
+        write.version.key if write else None,
+        outcome.status,
+        outcome.effect,
+        outcome.error,
+        0 if outcome.status == PENDING else 1,
+        driver.timestamp(item.received_at),
+        now if outcome.status in (APPLIED, IGNORED) else None,
+        driver.json([list(pair) for pair in item.headers]),
+        item.body,
+    )

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from mirror.driver import Driver
+from mirror.driver import BulkStatement, Driver, unnest
 from mirror.events import RecordWrite, Resource
 from mirror.guard import RecordState, merge
 from mirror.schema import MIRRORED_TABLES
@@ -101,39 +101,75 @@ def _deleted_at(state: RecordState) -> datetime | None:
     return None
 
 
+_POSTGRES_TYPES: Mapping[Callable[[object], object], str] = {
+    _date: "date",
+    _datetime: "timestamptz",
+    _int: "integer",
+}
+_BOOKKEEPING = [
+    ("deleted_version", "text"),
+    ("deleted_at", "timestamptz"),
+    ("source_version", "text"),
+    ("mirrored_at", "timestamptz"),
+]
+
+
 class _Statements:
     """The SQL that writes one mirrored table (see ``mirror.driver``)."""
 
-    def __init__(self, resource: Resource, driver: Driver) -> None:
+    def __init__(self, resource: Resource) -> None:
         self.resource = resource
         table = MIRRORED_TABLES[resource.value].name
-        self.typed = list(_TYPED[resource])
         self.dates = {name for name, convert in _TYPED[resource].items() if convert is _date}
         self.timestamps = {n for n, convert in _TYPED[resource].items() if convert is _datetime}
-        self.placeholders = (
-            f"INSERT INTO {table} (id, mirrored_at) VALUES (:id, :now) ON CONFLICT (id) DO NOTHING"
+        typed = [
+            (name, _POSTGRES_TYPES.get(convert, "text"))
+            for name, convert in _TYPED[resource].items()
+        ]
+        self.placeholders = BulkStatement(
+            ["id", "mirrored_at"],
+            sqlite=(
+                f"INSERT INTO {table} (id, mirrored_at) VALUES (:id, :mirrored_at) "
+                "ON CONFLICT (id) DO NOTHING"
+            ),
+            postgres=(
+                f"INSERT INTO {table} (id, mirrored_at) SELECT id, mirrored_at "
+                f"FROM {unnest([('id', 'text'), ('mirrored_at', 'timestamptz')])} "
+                "ON CONFLICT (id) DO NOTHING"
+            ),
         )
-        lock = " FOR UPDATE" if driver.postgres else ""
-        self.lock = (
-            f"SELECT id, content_version, deleted_version FROM {table} "
-            f"WHERE {driver.id_list('id', 'ids')} ORDER BY id{lock}"
-        )
-        bookkeeping = ["deleted_version", "deleted_at", "source_version", "mirrored_at"]
+        self.lock = {
+            False: (
+                f"SELECT id, content_version, deleted_version FROM {table} "
+                "WHERE id IN (SELECT value FROM json_each(:ids))"
+            ),
+            # FOR UPDATE serializes concurrent writers of a record on PostgreSQL; SQLite has
+            # one writer at a time already (BEGIN IMMEDIATE).
+            True: (
+                f"SELECT id, content_version, deleted_version FROM {table} "
+                "WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"
+            ),
+        }
         # Only the delete changed: the row's last known content stays as it is.
-        self.delete_only = _update(table, bookkeeping)
-        self.content = _update(table, [*self.typed, "raw", "content_version", *bookkeeping])
+        self.delete_only = _update(table, _BOOKKEEPING)
+        self.content = _update(
+            table, [*typed, ("raw", "json"), ("content_version", "text"), *_BOOKKEEPING]
+        )
 
 
-def _update(table: str, columns: Sequence[str]) -> str:
-    assignments = ", ".join(f"{name} = :{name}" for name in columns)
-    return f"UPDATE {table} SET {assignments} WHERE id = :id"
+def _update(table: str, columns: Sequence[tuple[str, str]]) -> BulkStatement:
+    names = [name for name, _ in columns]
+    return BulkStatement(
+        ["id", *names],
+        sqlite=f"UPDATE {table} SET {', '.join(f'{n} = :{n}' for n in names)} WHERE id = :id",
+        postgres=(
+            f"UPDATE {table} SET {', '.join(f'{n} = v.{n}' for n in names)} "
+            f"FROM {unnest([('id', 'text'), *columns])} WHERE {table}.id = v.id"
+        ),
+    )
 
 
-_STATEMENTS = {
-    (resource, driver.postgres): _Statements(resource, driver)
-    for resource in Resource
-    for driver in (Driver("sqlite"), Driver("postgresql"))
-}
+_STATEMENTS = {resource: _Statements(resource) for resource in Resource}
 
 
 def apply_writes(connection: Connection, writes: Sequence[RecordWrite]) -> list[str]:
@@ -149,15 +185,13 @@ def apply_writes(connection: Connection, writes: Sequence[RecordWrite]) -> list[
         positions = [i for i, write in enumerate(writes) if write.resource is resource]
         if not positions:
             continue
-        sql = _STATEMENTS[resource, driver.postgres]
+        sql = _STATEMENTS[resource]
         # Sorted ids give every transaction the same lock order, so writers cannot deadlock.
         ids = sorted({writes[i].record_id for i in positions})
         # A row for every id first, so that all of them can be locked before they are read.
         stamp = driver.timestamp(now)
-        driver.execute(connection, sql.placeholders, [{"id": i, "now": stamp} for i in ids])
-        # FOR UPDATE serializes concurrent writers of a record on PostgreSQL; SQLite has one
-        # writer at a time already (BEGIN IMMEDIATE).
-        rows = driver.execute(connection, sql.lock, {"ids": driver.ids(ids)})
+        sql.placeholders.execute(connection, [{"id": i, "mirrored_at": stamp} for i in ids])
+        rows = driver.execute(connection, sql.lock[driver.postgres], {"ids": driver.ids(ids)})
         before = {row[0]: RecordState(row[1], row[2]) for row in rows}
         states = dict(before)
         for i in positions:
@@ -202,6 +236,6 @@ def _write_changes(
         row.update(typed, raw=driver.json(state.fields), content_version=state.content_version)
         content_rows.append(row)
     if content_rows:
-        driver.execute(connection, sql.content, content_rows)
+        sql.content.execute(connection, content_rows)
     if delete_rows:
-        driver.execute(connection, sql.delete_only, delete_rows)
+        sql.delete_only.execute(connection, delete_rows)

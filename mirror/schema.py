@@ -101,7 +101,7 @@ webhook_events = Table(
     Column("applied_at", _Timestamp),
     Column("headers", JSON, nullable=False),
     Column("body", LargeBinary, nullable=False, comment="the raw bytes as received"),
-    UniqueConstraint("source", "dedup_key"),
+    UniqueConstraint("dedup_key", "source"),
     Index(None, "received_at"),
     Index(None, "status"),
     Index(None, "event_type", "received_at"),

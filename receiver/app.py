@@ -36,7 +36,11 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Litestar:
                 raise SchemaNotCurrent(
                     "the database schema is not current: run `healthdock-mirror migrate`"
                 )
-            intake = Intake(mirror_engine, max_batch=settings.intake_max_batch)
+            intake = Intake(
+                settings.database_url,
+                timeout_seconds=settings.database_timeout_seconds,
+                max_batch=settings.intake_max_batch,
+            )
             await intake.start()
             app.state.engine = mirror_engine
             app.state.intake = intake

@@ -1,22 +1,20 @@
 """Group commit for arriving events: events that arrive together share one transaction.
 
-A request hands its event to the intake and waits for its receipt. One writer thread takes
-whatever has queued up (up to a batch limit) and stores and applies it in a single commit, so
-at high load one fsync serves many events; at low load a batch is a single event and waits
-for nothing. A request is answered only after its batch has committed.
+A request hands its event to the intake and waits for its receipt. The intake sends whatever
+has queued up (up to a batch limit) to the committer process as one batch, and answers each
+request only after that batch has committed. At high load one commit (one fsync) serves many
+events; at low load a batch is a single event and waits for nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
-
-from sqlalchemy import Engine
 
 from mirror.database import DatabaseUnavailable
 from mirror.eventlog import IncomingEvent
-from mirror.ingest import Receipt, ingest
+from mirror.ingest import Receipt
+from receiver.committer import CommitterClient, CommitterUnavailable, EventFrame
 
 log = logging.getLogger(__name__)
 
@@ -27,18 +25,28 @@ class IntakeClosed(Exception):
     """The receiver is shutting down and takes no more events."""
 
 
-class Intake:
-    """Batches concurrent events into shared commits on one writer thread."""
+def _frame(item: IncomingEvent) -> EventFrame:
+    return (
+        item.source,
+        item.dedup_key,
+        item.body,
+        list(item.headers),
+        item.received_at.timestamp(),
+    )
 
-    def __init__(self, engine: Engine, *, max_batch: int) -> None:
-        self._engine = engine
+
+class Intake:
+    """Batches concurrent events and has the committer store each batch in one commit."""
+
+    def __init__(self, database_url: str, *, timeout_seconds: float, max_batch: int) -> None:
+        self._committer = CommitterClient(database_url, timeout_seconds)
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="intake")
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
     async def start(self) -> None:
+        await self._committer.start()
         self._task = asyncio.create_task(self._run(), name="intake")
 
     async def stop(self) -> None:
@@ -47,18 +55,17 @@ class Intake:
         await self._queue.put(None)
         if self._task is not None:
             await self._task
-        self._executor.shutdown(wait=True)
+        await self._committer.stop()
 
     async def submit(self, item: IncomingEvent) -> Receipt:
         """Store and apply one event; return once it is durably committed."""
         if self._closed:
             raise IntakeClosed
         future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
-        await self._queue.put((item, future))
+        self._queue.put_nowait((item, future))
         return await future
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         stopping = False
         while not stopping:
             first = await self._queue.get()
@@ -71,25 +78,30 @@ class Intake:
                     stopping = True
                     break
                 batch.append(pending)
-            await self._commit(loop, batch)
+            await self._commit(batch)
 
-    async def _commit(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
-        items = [item for item, _ in batch]
+    async def _commit(self, batch: list[_Pending]) -> None:
         try:
-            receipts = await loop.run_in_executor(self._executor, ingest, self._engine, items)
-        except DatabaseUnavailable as error:
+            if not self._committer.alive:
+                log.warning("committer is not running; restarting it")
+                await self._committer.stop()
+                await self._committer.start()
+            receipts = await self._committer.commit([_frame(item) for item, _ in batch])
+        except CommitterUnavailable as error:
             log.warning("database unavailable, %d events refused: %s", len(batch), error)
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(DatabaseUnavailable(str(error)))
+            self._fail(batch, str(error))
             return
         except Exception as error:
             # A bug must fail these requests (the sender retries), never stop the intake.
             log.error("intake batch failed with %s", type(error).__name__)
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(DatabaseUnavailable("event could not be stored"))
+            self._fail(batch, "event could not be stored")
             return
-        for (_, future), receipt in zip(batch, receipts, strict=True):
+        for (_, future), (seq, status, effect) in zip(batch, receipts, strict=True):
             if not future.done():
-                future.set_result(receipt)
+                future.set_result(Receipt(seq, status, effect))
+
+    @staticmethod
+    def _fail(batch: list[_Pending], reason: str) -> None:
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(DatabaseUnavailable(reason))

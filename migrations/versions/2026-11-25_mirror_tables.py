@@ -210,7 +210,7 @@ def upgrade() -> None:
         sa.Column("headers", sa.JSON(), nullable=False),
         sa.Column("body", sa.LargeBinary(), nullable=False, comment="the raw bytes as received"),
         sa.PrimaryKeyConstraint("seq", name=op.f("pk_webhook_events")),
-        sa.UniqueConstraint("source", "dedup_key", name=op.f("uq_webhook_events_source_dedup_key")),
+        sa.UniqueConstraint("dedup_key", "source", name=op.f("uq_webhook_events_dedup_key_source")),
     )
     with op.batch_alter_table("webhook_events", schema=None) as batch_op:
         batch_op.create_index(

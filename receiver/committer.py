@@ -1,0 +1,143 @@
+"""The committer: a child process that stores and applies batches of events.
+
+The receiver's event loop verifies and parses; the committer owns the database. Run in one
+process, both would share one core under the GIL, and the database work (SQLite's or the
+driver's, fsync included) would stall request handling. As a child process it runs on another
+core. One committer per receiver, one batch in flight: group commit still happens in the
+receiver, which sends whatever queued while the previous batch committed.
+
+Frames on the pipe are a 4-byte big-endian length and a msgpack payload (the framing of
+``multiprocessing.connection.Connection``, which the child uses directly).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import socket
+import struct
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from multiprocessing.connection import Connection
+from typing import Any
+
+import msgspec
+
+_READY = "ready"
+_UNAVAILABLE = "unavailable"
+_HEADER = struct.Struct("!i")
+# Children fork from a server that has already imported the mirror core: a restart is fast.
+_PRELOAD = ["mirror.ingest", "mirror.events", "sqlalchemy", "psycopg"]
+
+EventFrame = tuple[str, str, bytes, list[tuple[str, str]], float]
+ReceiptFrame = tuple[int | None, str, str | None]
+
+
+class CommitterUnavailable(Exception):
+    """The batch was not committed (database unavailable, or the committer died)."""
+
+
+def run_committer(database_url: str, timeout_seconds: float, channel: Connection) -> None:
+    """The child's main loop: one batch in, its receipts out, until the parent goes away."""
+    from mirror.database import DatabaseUnavailable, create_mirror_engine
+    from mirror.eventlog import IncomingEvent
+    from mirror.events import parse_event
+    from mirror.ingest import ingest
+
+    engine = create_mirror_engine(database_url, timeout_seconds=timeout_seconds)
+    channel.send_bytes(msgspec.msgpack.encode(_READY))
+    try:
+        while True:
+            try:
+                frames: list[EventFrame] = msgspec.msgpack.decode(channel.recv_bytes())
+            except (EOFError, OSError):
+                return  # the receiver stopped or died: nothing more will come
+            items = [
+                IncomingEvent(
+                    source,
+                    key,
+                    # Already verified and parsed once by the receiver; parsing is pure.
+                    parse_event(msgspec.json.decode(body)),
+                    body,
+                    [(name, value) for name, value in headers],
+                    datetime.fromtimestamp(received, UTC),
+                )
+                for source, key, body, headers, received in frames
+            ]
+            try:
+                answer: Any = [(r.seq, r.status, r.effect) for r in ingest(engine, items)]
+            except DatabaseUnavailable as error:
+                answer = [_UNAVAILABLE, str(error)]
+            channel.send_bytes(msgspec.msgpack.encode(answer))
+    finally:
+        engine.dispose()
+
+
+class CommitterClient:
+    """The receiver's side: start the child, send a batch, await its receipts."""
+
+    def __init__(self, database_url: str, timeout_seconds: float) -> None:
+        self._database_url = database_url
+        self._timeout = timeout_seconds
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def start(self) -> None:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(_PRELOAD)
+        ours, theirs = context.Pipe(duplex=True)
+        process = context.Process(
+            target=run_committer,
+            args=(self._database_url, self._timeout, theirs),
+            name="healthdock-committer",
+            daemon=True,
+        )
+        process.start()
+        theirs.close()
+        self._process = process
+        # Pipe(duplex=True) is a socketpair on POSIX: hand (a copy of) our end to asyncio.
+        sock = socket.socket(fileno=os.dup(ours.fileno()))
+        ours.close()
+        self._reader, self._writer = await asyncio.open_unix_connection(sock=sock)
+        ready = await asyncio.wait_for(self._receive(), timeout=60)
+        if ready != _READY:
+            raise CommitterUnavailable("the committer did not start")
+
+    async def stop(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(OSError, ConnectionError):
+                await self._writer.wait_closed()
+        if self._process is not None:
+            process = self._process
+            await asyncio.get_running_loop().run_in_executor(None, process.join, 10)
+            if process.is_alive():
+                process.kill()
+        self._process = self._reader = self._writer = None
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
+    async def commit(self, frames: Sequence[EventFrame]) -> list[ReceiptFrame]:
+        """Store and apply one batch; raises CommitterUnavailable when nothing was committed."""
+        if self._writer is None:
+            raise CommitterUnavailable("the committer is not running")
+        payload = msgspec.msgpack.encode(frames)
+        try:
+            self._writer.write(_HEADER.pack(len(payload)) + payload)
+            await self._writer.drain()
+            answer = await self._receive()
+        except (OSError, ConnectionError, asyncio.IncompleteReadError) as error:
+            raise CommitterUnavailable("the committer stopped") from error
+        if isinstance(answer, list) and answer[:1] == [_UNAVAILABLE]:
+            raise CommitterUnavailable(str(answer[1]))
+        return [tuple(receipt) for receipt in answer]
+
+    async def _receive(self) -> Any:
+        assert self._reader is not None
+        (size,) = _HEADER.unpack(await self._reader.readexactly(_HEADER.size))
+        return msgspec.msgpack.decode(await self._reader.readexactly(size))
