@@ -15,8 +15,12 @@ $(BIN)/healthdock-mirror: pyproject.toml
 
 install: $(BIN)/healthdock-mirror
 
-# Until the fake HealthDock lands, the demo is the receiver on the SQLite default.
-demo serve: install
+# Until the fake HealthDock lands, the demo is the receiver on the SQLite default, with a
+# demo-only webhook secret unless you give one (the service itself has no default secret).
+demo: install
+	HEALTHDOCK_WEBHOOK_SECRET="$${HEALTHDOCK_WEBHOOK_SECRET:-demo-secret}" $(BIN)/healthdock-mirror serve
+
+serve: install
 	$(BIN)/healthdock-mirror serve
 
 lint: install

@@ -143,7 +143,7 @@ def _row(driver: Driver, item: IncomingEvent, outcome: Outcome, now: object) -> 
         item.event.timestamp,
         write.resource.value if write else None,
         write.record_id if write else None,
-        write.version.key if write else None,
+        write.version if write else None,
         outcome.status,
         outcome.effect,
         outcome.error,

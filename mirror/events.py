@@ -55,7 +55,7 @@ class RecordWrite:
     resource: Resource
     record_id: str
     action: Action
-    version: Version
+    version: str  # the key of mirror.versions.Version: ordered as the versions are
     fields: Mapping[str, Any] | None  # the record as HealthDock sent it; None for a delete
 
 
@@ -98,7 +98,7 @@ def record_write(
     record_id = record_id_of(resource, record)
     fields = None if action is Action.DELETE else record
     digest = content_digest([record_id, fields])
-    return RecordWrite(resource, record_id, action, Version(instant, action, digest), fields)
+    return RecordWrite(resource, record_id, action, Version(instant, action, digest).key, fields)
 
 
 def parse_event(document: object) -> Event:

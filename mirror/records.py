@@ -198,7 +198,7 @@ def apply_writes(connection: Connection, writes: Sequence[RecordWrite]) -> list[
             write = writes[i]
             state = states[write.record_id]
             states[write.record_id], effects[i] = merge(
-                state, write.action, write.version.key, write.fields
+                state, write.action, write.version, write.fields
             )
         _write_changes(connection, driver, sql, before, states, stamp)
     return effects

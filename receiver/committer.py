@@ -18,12 +18,16 @@ import multiprocessing
 import os
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from typing import Any
 
 import msgspec
+
+from mirror.eventlog import IncomingEvent
+from mirror.events import Event, RecordWrite, Resource
+from mirror.versions import Action
 
 _READY = "ready"
 _UNAVAILABLE = "unavailable"
@@ -31,7 +35,12 @@ _HEADER = struct.Struct("!i")
 # Children fork from a server that has already imported the mirror core: a restart is fast.
 _PRELOAD = ["mirror.ingest", "mirror.events", "sqlalchemy", "psycopg"]
 
-EventFrame = tuple[str, str, bytes, list[tuple[str, str]], float]
+# (resource, record id, action, version key, fields), as parsed by the receiver.
+WriteFrame = tuple[str, str, int, str, Mapping[str, Any] | None]
+# (source, dedup key, body, headers, received at, event id, event type, timestamp, write)
+EventFrame = tuple[
+    str, str, bytes, list[tuple[str, str]], float, str | None, str, str, WriteFrame | None
+]
 ReceiptFrame = tuple[int | None, str, str | None]
 
 
@@ -42,8 +51,6 @@ class CommitterUnavailable(Exception):
 def run_committer(database_url: str, timeout_seconds: float, channel: Connection) -> None:
     """The child's main loop: one batch in, its receipts out, until the parent goes away."""
     from mirror.database import DatabaseUnavailable, create_mirror_engine
-    from mirror.eventlog import IncomingEvent
-    from mirror.events import parse_event
     from mirror.ingest import ingest
 
     engine = create_mirror_engine(database_url, timeout_seconds=timeout_seconds)
@@ -54,18 +61,7 @@ def run_committer(database_url: str, timeout_seconds: float, channel: Connection
                 frames: list[EventFrame] = msgspec.msgpack.decode(channel.recv_bytes())
             except (EOFError, OSError):
                 return  # the receiver stopped or died: nothing more will come
-            items = [
-                IncomingEvent(
-                    source,
-                    key,
-                    # Already verified and parsed once by the receiver; parsing is pure.
-                    parse_event(msgspec.json.decode(body)),
-                    body,
-                    [(name, value) for name, value in headers],
-                    datetime.fromtimestamp(received, UTC),
-                )
-                for source, key, body, headers, received in frames
-            ]
+            items = [_incoming(frame) for frame in frames]
             try:
                 answer: Any = [(r.seq, r.status, r.effect) for r in ingest(engine, items)]
             except DatabaseUnavailable as error:
@@ -73,6 +69,23 @@ def run_committer(database_url: str, timeout_seconds: float, channel: Connection
             channel.send_bytes(msgspec.msgpack.encode(answer))
     finally:
         engine.dispose()
+
+
+def _incoming(frame: EventFrame) -> IncomingEvent:
+    """The event the receiver verified and parsed, rebuilt without parsing it again."""
+    source, key, body, headers, received, event_id, event_type, timestamp, write = frame
+    record_write = None
+    if write is not None:
+        resource, record_id, action, version, fields = write
+        record_write = RecordWrite(Resource(resource), record_id, Action(action), version, fields)
+    return IncomingEvent(
+        source,
+        key,
+        Event(event_id, event_type, timestamp, record_write),
+        body,
+        [(name, value) for name, value in headers],
+        datetime.fromtimestamp(received, UTC),
+    )
 
 
 class CommitterClient:

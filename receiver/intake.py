@@ -26,12 +26,25 @@ class IntakeClosed(Exception):
 
 
 def _frame(item: IncomingEvent) -> EventFrame:
+    event, write = item.event, item.event.write
     return (
         item.source,
         item.dedup_key,
         item.body,
         list(item.headers),
         item.received_at.timestamp(),
+        event.event_id,
+        event.event_type,
+        event.timestamp,
+        None
+        if write is None
+        else (
+            write.resource.value,
+            write.record_id,
+            int(write.action),
+            write.version,
+            write.fields,
+        ),
     )
 
 

@@ -19,7 +19,7 @@ def write(action: Action, timestamp: str, **fields: object) -> RecordWrite:
 def fold(writes: list[RecordWrite]) -> tuple[RecordState, list[str]]:
     state, effects = RecordState(), []
     for item in writes:
-        state, effect = merge(state, item.action, item.version.key, item.fields)
+        state, effect = merge(state, item.action, item.version, item.fields)
         effects.append(effect)
     return state, effects
 
