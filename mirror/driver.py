@@ -56,7 +56,7 @@ class Driver:
         # SQLAlchemy's SQLite DateTime stores naive UTC text in exactly this form.
         if value is None or self.postgres:
             return value
-        return f"{value:%Y-%m-%d %H:%M:%S.%f}"
+        return value.replace(tzinfo=None).isoformat(" ", "microseconds")
 
     def date(self, value: date | None) -> object:
         if value is None or self.postgres:

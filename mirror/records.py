@@ -34,13 +34,17 @@ def _short_text(max_length: int) -> Callable[[object], str | None]:
 
 
 def _date(value: object) -> date | None:
+    if not isinstance(value, str):
+        return None
     try:
-        return date.fromisoformat(value) if isinstance(value, str) else None
+        return date.fromisoformat(value)
     except ValueError:
         return None
 
 
 def _datetime(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
     try:
         return parse_instant(value).to_datetime()
     except VersionError:

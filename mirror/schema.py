@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData(
@@ -103,8 +104,13 @@ webhook_events = Table(
     Column("body", LargeBinary, nullable=False, comment="the raw bytes as received"),
     UniqueConstraint("dedup_key", "source"),
     Index(None, "received_at"),
-    Index(None, "status"),
-    Index(None, "event_type", "received_at"),
+    # Only events that need an operator (pending, failed): small, and cheap to keep up to date.
+    Index(
+        "ix_webhook_events_unsettled",
+        "status",
+        sqlite_where=text("status IN ('pending', 'failed')"),
+        postgresql_where=text("status IN ('pending', 'failed')"),
+    ),
     Index(None, "resource", "record_id"),
 )
 

@@ -45,3 +45,15 @@ def test_sqlite_is_durable_wal(tmp_path: object) -> None:
         assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
         assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 3000
     engine.dispose()
+
+
+def test_migrations_match_the_schema_module(database_url: str) -> None:
+    """What the code writes (mirror.schema) is exactly what the migrations create."""
+    from alembic import command
+
+    from mirror.migrate import alembic_config
+
+    engine = create_mirror_engine(database_url)
+    upgrade(engine)
+    command.check(alembic_config(engine))  # raises if autogenerate would find a difference
+    engine.dispose()

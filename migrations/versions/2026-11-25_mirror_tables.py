@@ -214,11 +214,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("webhook_events", schema=None) as batch_op:
         batch_op.create_index(
-            batch_op.f("ix_webhook_events_event_type_received_at"),
-            ["event_type", "received_at"],
-            unique=False,
-        )
-        batch_op.create_index(
             batch_op.f("ix_webhook_events_received_at"), ["received_at"], unique=False
         )
         batch_op.create_index(
@@ -226,15 +221,21 @@ def upgrade() -> None:
             ["resource", "record_id"],
             unique=False,
         )
-        batch_op.create_index(batch_op.f("ix_webhook_events_status"), ["status"], unique=False)
+        # Only events that need an operator (pending, failed).
+        batch_op.create_index(
+            "ix_webhook_events_unsettled",
+            ["status"],
+            unique=False,
+            sqlite_where=sa.text("status IN ('pending', 'failed')"),
+            postgresql_where=sa.text("status IN ('pending', 'failed')"),
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("webhook_events", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_webhook_events_status"))
+        batch_op.drop_index("ix_webhook_events_unsettled")
         batch_op.drop_index(batch_op.f("ix_webhook_events_resource_record_id"))
         batch_op.drop_index(batch_op.f("ix_webhook_events_received_at"))
-        batch_op.drop_index(batch_op.f("ix_webhook_events_event_type_received_at"))
 
     op.drop_table("webhook_events")
     with op.batch_alter_table("sync_runs", schema=None) as batch_op:
