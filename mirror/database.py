@@ -9,9 +9,11 @@ deadlocking when one upgrades from reading to writing.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+import psycopg
 from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.pool import QueuePool
@@ -84,6 +86,10 @@ def unavailable_as_error() -> Iterator[None]:
         yield
     except (exc.OperationalError, exc.InterfaceError) as error:
         raise DatabaseUnavailable(_describe(error)) from error
+    except (sqlite3.OperationalError, psycopg.OperationalError, psycopg.InterfaceError) as error:
+        # Raised by statements run on the driver's cursor (mirror.driver), which SQLAlchemy
+        # does not wrap. Only the first line: it names the failure, not the data.
+        raise DatabaseUnavailable(str(error).splitlines()[0][:200]) from error
     except exc.DBAPIError as error:
         if error.connection_invalidated:
             raise DatabaseUnavailable(_describe(error)) from error

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import CursorResult
 from sqlalchemy.engine import Connection
 
 _PLACEHOLDER = re.compile(r"(?<![:\w]):(\w+)")
@@ -37,8 +36,19 @@ class Driver:
         connection: Connection,
         sql: str,
         params: Mapping[str, Any] | Sequence[Mapping[str, Any]],
-    ) -> CursorResult[*tuple[Any, ...]]:
-        return connection.exec_driver_sql(self._native(sql), params)
+    ) -> Iterable[tuple[Any, ...]]:
+        """Run ``sql`` on the driver's cursor, inside ``connection``'s transaction.
+
+        A sequence of parameter sets runs as ``executemany``. Rows come back as tuples. The
+        drivers' own errors are not wrapped by SQLAlchemy here: ``unavailable_as_error`` in
+        ``mirror.database`` knows them.
+        """
+        cursor: Any = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        if isinstance(params, Mapping):
+            cursor.execute(self._native(sql), params)
+        else:
+            cursor.executemany(self._native(sql), params)
+        return cursor  # type: ignore[no-any-return]
 
     def _native(self, sql: str) -> str:
         return _pyformat(sql) if self.postgres else sql
@@ -83,7 +93,7 @@ class BulkStatement:
 
     def execute(
         self, connection: Connection, rows: Sequence[Mapping[str, Any]]
-    ) -> CursorResult[*tuple[Any, ...]]:
+    ) -> Iterable[tuple[Any, ...]]:
         driver = Driver.of(connection)
         if not driver.postgres:
             return driver.execute(connection, self.sqlite, rows)
