@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager
 
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
-from sqlalchemy import Engine
 
 from config import Settings
 from mirror.database import create_mirror_engine
@@ -22,17 +21,17 @@ class SchemaNotCurrent(Exception):
     """The database's schema is not at the migrations' head."""
 
 
-def create_app(settings: Settings, *, engine: Engine | None = None) -> Litestar:
-    """The receiver for ``settings``; pass ``engine`` to share one the caller owns."""
+def create_app(settings: Settings) -> Litestar:
+    """The receiver for ``settings``. Its lifespan starts (and stops, in reverse) an engine for
+    readiness checks and the intake with its committer process, which owns the writes."""
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        owned = engine is None
-        mirror_engine = engine or create_mirror_engine(
+        engine = create_mirror_engine(
             settings.database_url, timeout_seconds=settings.database_timeout_seconds
         )
         try:
-            if not is_current(mirror_engine):
+            if not is_current(engine):
                 raise SchemaNotCurrent(
                     "the database schema is not current: run `healthdock-mirror migrate`"
                 )
@@ -42,15 +41,14 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> Litestar:
                 max_batch=settings.intake_max_batch,
             )
             await intake.start()
-            app.state.engine = mirror_engine
+            app.state.engine = engine
             app.state.intake = intake
             try:
                 yield
             finally:
                 await intake.stop()
         finally:
-            if owned:
-                mirror_engine.dispose()
+            engine.dispose()
 
     app = Litestar(
         route_handlers=[receive_webhook, healthz, readyz],
