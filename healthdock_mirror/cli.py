@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import click
+from sqlalchemy import Engine
 
 from config import Settings, SettingsError, load_settings
 from mirror.database import DatabaseUnavailable, create_mirror_engine, is_sqlite
@@ -39,18 +42,9 @@ def migrate() -> None:
     """Create or upgrade the mirror's tables to the current schema."""
     settings = _settings()
     _configure_logging(settings)
-    engine = create_mirror_engine(
-        settings.database_url, timeout_seconds=settings.database_timeout_seconds
-    )
-    try:
+    with _database(settings) as engine:
         before = current_revision(engine)
         upgrade(engine)
-    except DatabaseUnavailable as error:
-        raise click.ClickException(
-            f"HEALTHDOCK_DATABASE_URL: cannot reach the database ({error})"
-        ) from None
-    finally:
-        engine.dispose()
     head = head_revision()
     click.echo(
         f"schema at {head}"
@@ -84,19 +78,25 @@ def serve(host: str | None, port: int | None, access_log: bool) -> None:
 
 def _ensure_schema(settings: Settings) -> None:
     """Migrate the embedded SQLite default on first start; ask for `migrate` elsewhere."""
+    with _database(settings) as engine:
+        if current_revision(engine) == head_revision():
+            return
+        if not is_sqlite(engine):
+            raise click.ClickException(
+                "the database schema is not current: run `healthdock-mirror migrate` first"
+            )
+        upgrade(engine)
+        click.echo(f"migrated the SQLite mirror to {head_revision()}")
+
+
+@contextlib.contextmanager
+def _database(settings: Settings) -> Iterator[Engine]:
+    """An engine for one command; an unreachable database is reported by its setting."""
     engine = create_mirror_engine(
         settings.database_url, timeout_seconds=settings.database_timeout_seconds
     )
     try:
-        if current_revision(engine) == head_revision():
-            return
-        if is_sqlite(engine):
-            upgrade(engine)
-            click.echo(f"migrated the SQLite mirror to {head_revision()}")
-            return
-        raise click.ClickException(
-            "the database schema is not current: run `healthdock-mirror migrate` first"
-        )
+        yield engine
     except DatabaseUnavailable as error:
         raise click.ClickException(
             f"HEALTHDOCK_DATABASE_URL: cannot reach the database ({error})"

@@ -18,6 +18,16 @@ PATIENT_DOB = "1987-06-15"
 PATIENT_ABHA = "91234567890123"
 
 
+# Instants that collide on purpose: equal moments in two zones, a sub-second step, ties.
+TIMESTAMPS = [
+    "2024-01-01T00:00:00Z",
+    "2024-01-01T05:30:00+05:30",
+    "2024-01-01T00:00:00.5Z",
+    "2024-01-01T00:00:01Z",
+    "2024-01-02T00:00:00Z",
+]
+
+
 def patient(record_id: str = "PAT000001", **fields: Any) -> dict[str, Any]:
     return {
         "patient_id": record_id,

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from mirror.events import RecordWrite, Resource, record_write
 from mirror.guard import CREATED, DELETED, RESTORED, STALE, UPDATED, RecordState, merge
 from mirror.versions import Action
+from tests.factories import TIMESTAMPS
 
 
 def write(action: Action, timestamp: str, **fields: object) -> RecordWrite:
@@ -108,13 +109,7 @@ def test_equal_instant_updates_pick_the_same_winner_in_any_order() -> None:
     assert fold([a, b])[0] == fold([b, a])[0]
 
 
-_TIMES = [
-    "2024-01-01T00:00:00Z",
-    "2024-01-01T05:30:00+05:30",
-    "2024-01-01T00:00:00.5Z",
-    "2024-01-01T00:00:01Z",
-    "2024-01-02T00:00:00Z",
-]
+_TIMES = TIMESTAMPS
 writes_strategy = st.lists(
     st.builds(
         write,

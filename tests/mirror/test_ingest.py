@@ -13,7 +13,7 @@ from mirror.eventlog import WEBHOOK, IncomingEvent, dedup_key
 from mirror.events import parse_event
 from mirror.ingest import ingest
 from mirror.schema import appointments, patients, webhook_events
-from tests.factories import appointment, encode, event, patient
+from tests.factories import TIMESTAMPS, appointment, encode, event, patient
 
 
 def incoming(document: dict[str, Any]) -> IncomingEvent:
@@ -120,13 +120,7 @@ def test_unknown_event_type_is_stored_and_ignored(engine: Engine) -> None:
     assert b"INV1" in stored.body
 
 
-_TIMES = [
-    "2024-01-01T00:00:00Z",
-    "2024-01-01T05:30:00+05:30",
-    "2024-01-01T00:00:00.5Z",
-    "2024-01-01T00:00:01Z",
-    "2024-01-02T00:00:00Z",
-]
+_TIMES = TIMESTAMPS
 _TYPES = ["patient.created", "patient.updated", "patient.deleted"]
 
 
