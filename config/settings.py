@@ -37,6 +37,19 @@ class Settings(BaseSettings):
     database_timeout_seconds: float = Field(default=5.0, gt=0)
     log_level: str = "INFO"
 
+    # Reconciliation against the API.
+    api_timeout_seconds: float = Field(default=30.0, gt=0)
+    api_attempts: int = Field(default=6, ge=1, le=20)
+    # Share of every rate-limit window left free for the hospital's other HealthDock clients.
+    sync_rate_reserve: float = Field(default=0.2, ge=0, lt=1)
+    sync_concurrency: int = Field(default=4, ge=1, le=32)
+    sync_page_size: int = Field(default=100, ge=1, le=100)
+    # The mass-delete brake: a pass that would tombstone more than this share of the live
+    # records (and more than the floor) tombstones nothing and waits for an operator.
+    sync_mass_delete_share: float = Field(default=0.05, ge=0, le=1)
+    sync_mass_delete_floor: int = Field(default=10, ge=0)
+    sync_lease_seconds: float = Field(default=120.0, gt=0)
+
     @field_validator("webhook_secret", mode="before")
     @classmethod
     def _split_secrets(cls, value: object) -> object:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -12,6 +13,7 @@ from sqlalchemy import Engine
 
 from config import Settings, SettingsError, load_settings
 from mirror.database import DatabaseUnavailable, create_mirror_engine, is_sqlite
+from mirror.events import Resource
 from mirror.migrate import current_revision, head_revision, upgrade
 
 
@@ -103,3 +105,64 @@ def _database(settings: Settings) -> Iterator[Engine]:
         ) from None
     finally:
         engine.dispose()
+
+
+_RESOURCES = {"patients": Resource.PATIENT, "appointments": Resource.APPOINTMENT}
+
+
+@main.command()
+@click.argument("resource", required=False, type=click.Choice(sorted(_RESOURCES)))
+@click.option(
+    "--allow-mass-delete",
+    is_flag=True,
+    help="Release the mass-delete brake for this run (after checking HealthDock).",
+)
+def sync(resource: str | None, allow_mass_delete: bool) -> None:
+    """Reconcile the mirror with HealthDock's API now (both resources unless one is named)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from sync.job import LeaseHeld, run_reconcile
+    from sync.runs import SUCCESS
+
+    settings = _settings()
+    _configure_logging(settings)
+    resources = [_RESOURCES[resource]] if resource else list(_RESOURCES.values())
+    console = Console(stderr=True)
+    with _database(settings) as engine, Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=console, transient=False,
+    ) as bar:  # fmt: skip
+        tasks = {r: bar.add_task(f"{r.value}s", total=None) for r in resources}
+
+        def progress(r: Resource) -> Callable[[int, int], None]:
+            return lambda done, total: bar.update(tasks[r], completed=done, total=total or None)
+
+        try:
+            results = asyncio.run(
+                run_reconcile(
+                    settings, engine, resources, allow_mass_delete=allow_mass_delete,
+                    progress=progress,
+                )
+            )  # fmt: skip
+        except (LeaseHeld, ValueError) as error:
+            raise click.ClickException(str(error)) from None
+    table = Table(title="reconcile")
+    for column in ("resource", "run", "outcome", "pages", "records", "created", "updated",
+                   "tombstoned", "candidates"):  # fmt: skip
+        table.add_column(
+            column, justify="right" if column not in ("resource", "outcome") else "left"
+        )
+    for result in results:
+        table.add_row(
+            result.resource, str(result.run_id), result.outcome, str(result.pages),
+            str(result.records), str(result.created), str(result.updated),
+            str(result.tombstoned), str(result.candidates),
+        )  # fmt: skip
+    Console().print(table)
+    problems = [r for r in results if r.outcome != SUCCESS]
+    for result in problems:
+        console.print(f"[red]{result.resource}: {result.outcome}: {result.error}[/red]")
+    if problems:
+        raise SystemExit(1)

@@ -97,7 +97,13 @@ def record_write(
         raise PayloadError(f"timestamp: {exc}") from None
     record_id = record_id_of(resource, record)
     fields = None if action is Action.DELETE else record
-    digest = content_digest([record_id, fields])
+    # The key's name differs between webhooks (patient_id) and the API (id): not content.
+    content = (
+        None
+        if fields is None
+        else {k: v for k, v in fields.items() if k not in ("id", resource.id_field)}
+    )
+    digest = content_digest([record_id, content])
     return RecordWrite(resource, record_id, action, Version(instant, action, digest).key, fields)
 
 

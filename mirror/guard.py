@@ -62,7 +62,15 @@ def merge(
         if state.content_version is not None and version_key <= state.content_version:
             return state, STALE
         new = replace(state, content_version=version_key, fields=fields)
+        if _digest(version_key) == _digest(state.content_version) and not state.deleted:
+            # The same content under a newer version (HealthDock's copy of what a webhook
+            # already brought): the row keeps the greater version; nothing visible changed.
+            return new, STALE
     return new, _effect(state, new)
+
+
+def _digest(version_key: str | None) -> str | None:
+    return None if version_key is None else version_key.rsplit("|", 1)[1]
 
 
 def _effect(old: RecordState, new: RecordState) -> str:

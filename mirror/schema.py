@@ -49,6 +49,7 @@ def _mirror_columns() -> list[Column[object]]:
         Column("mirrored_at", _Timestamp, nullable=False, comment="when this row last changed"),
         Column("content_version", _VersionKey, comment="guard: greatest create/update"),
         Column("deleted_version", _VersionKey, comment="guard: greatest delete"),
+        Column("seen_in_run", BigInteger, comment="the last reconcile pass that listed it"),
     ]
 
 
@@ -125,13 +126,25 @@ sync_runs = Table(
     Column("outcome", String(16), nullable=False, comment="running, success, incomplete, failed"),
     Column("pages", Integer, nullable=False, default=0),
     Column("records", Integer, nullable=False, default=0),
+    # What the pass changed: each is a change the webhooks did not bring (missed events).
     Column("created", Integer, nullable=False, default=0),
     Column("updated", Integer, nullable=False, default=0),
     Column("tombstoned", Integer, nullable=False, default=0),
+    Column("candidates", Integer, nullable=False, server_default="0", comment="unseen, to confirm"),
+    Column("requests", Integer, nullable=False, server_default="0"),
+    Column("rate_limited", Integer, nullable=False, server_default="0", comment="429s received"),
     Column("errors", Integer, nullable=False, default=0),
     Column("error", Text),
     Column("checkpoint", JSON),
     Index(None, "started_at"),
+)
+
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(128), nullable=False),
+    Column("expires_at", _Timestamp, nullable=False),
 )
 
 MIRRORED_TABLES = {"patient": patients, "appointment": appointments}

@@ -1,0 +1,206 @@
+"""The HealthDock API as the reconciler uses it: paged reads, paced and retried.
+
+One ``httpx.AsyncClient`` per client object, opened and closed with it. Every request first
+takes a slot from the pacer; 429s pause the pacer for everyone; server errors, timeouts,
+dropped connections and truncated bodies are retried with capped, jittered backoff
+(tenacity). Log lines name the resource and page, never the API key or a ``search`` value
+(which can hold a patient's name).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from mirror.events import Resource
+from sync.pacer import Pacer, read_rate_limit, retry_after
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE_SIZE = 100
+
+
+class UpstreamError(Exception):
+    """HealthDock could not be read (after retries, or with an error retrying cannot fix)."""
+
+
+class _Retryable(Exception):
+    """A failure worth another attempt: 5xx, transport error, truncated or malformed body."""
+
+
+class _RateLimited(_Retryable):
+    def __init__(self, wait: float) -> None:
+        super().__init__(f"rate limited for {wait:.1f} s")
+        self.wait = wait
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    records: list[dict[str, Any]]
+    current_page: int
+    total_pages: int
+    total_count: int
+
+
+@dataclass(slots=True)
+class ClientStats:
+    """What the client did, for ``sync_runs`` and metrics."""
+
+    requests: int = 0
+    rate_limited: int = 0
+    retries: int = 0
+    remaining: int | None = None  # the budget left in the window, as last reported
+    by_status: dict[int, int] = field(default_factory=dict)
+
+
+class HealthDockClient:
+    """Reads pages of patients and appointments from HealthDock's API."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        reserve: float = 0.2,
+        timeout_seconds: float = 30.0,
+        attempts: int = 6,
+        max_backoff_seconds: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/") + "/",
+            headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
+            timeout=timeout_seconds,
+            transport=transport,
+        )
+        self._pacer = Pacer(reserve)
+        self._slot_lock = asyncio.Lock()
+        self._attempts = attempts
+        self._backoff = wait_exponential_jitter(initial=0.2, max=max_backoff_seconds)
+        self._clock = clock
+        self._sleep = sleep
+        self.stats = ClientStats()
+
+    async def __aenter__(self) -> HealthDockClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self._http.aclose()
+
+    async def page(
+        self, resource: Resource, page: int, limit: int = MAX_PAGE_SIZE, **filters: str
+    ) -> Page:
+        """One page of ``resource`` (``limit`` at most 100), with optional filters."""
+        params = {"page": str(page), "limit": str(min(limit, MAX_PAGE_SIZE)), **filters}
+        return await self._get(resource, params, f"{resource.value}s page {page}")
+
+    async def find(self, resource: Resource, record_id: str) -> dict[str, Any] | None:
+        """The record with exactly this id, or None when HealthDock does not have it."""
+        params = {"page": "1", "limit": str(MAX_PAGE_SIZE), "search": record_id}
+        found = await self._get(resource, params, f"{resource.value} by id")
+        for record in found.records:
+            key = record.get("id", record.get(resource.id_field))
+            if str(key) == record_id:
+                return record
+        return None
+
+    async def _get(self, resource: Resource, params: Mapping[str, str], what: str) -> Page:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._attempts),
+            wait=self._wait,
+            retry=retry_if_exception_type(_Retryable),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        self.stats.retries += 1
+                    return await self._attempt(resource, params, what)
+        except _Retryable as error:
+            raise UpstreamError(
+                f"{what}: {error} (gave up after {self._attempts} attempts)"
+            ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _wait(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, _RateLimited):
+            return error.wait
+        return float(self._backoff(state))
+
+    async def _attempt(self, resource: Resource, params: Mapping[str, str], what: str) -> Page:
+        async with self._slot_lock:
+            delay = self._pacer.reserve_slot(self._clock())
+        if delay > 0:
+            await self._sleep(delay)
+        self.stats.requests += 1
+        try:
+            response = await self._http.get(f"{resource.value}s", params=params)
+        except httpx.TransportError as error:
+            log.warning("%s: %s", what, type(error).__name__)
+            raise _Retryable(type(error).__name__) from None
+        status = response.status_code
+        self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
+        window = read_rate_limit(response.headers)
+        self._pacer.observe(window)
+        if window is not None:
+            self.stats.remaining = window.remaining
+        if status == 429:
+            self.stats.rate_limited += 1
+            wait = retry_after(response.headers, self._clock()) or 1.0
+            self._pacer.pause_until(self._clock() + wait)
+            log.warning("%s: rate limited, waiting %.1f s", what, wait)
+            raise _RateLimited(wait)
+        if status >= 500:
+            log.warning("%s: HealthDock answered %d", what, status)
+            raise _Retryable(f"HealthDock answered {status}")
+        if status != 200:
+            raise UpstreamError(f"{what}: HealthDock answered {status}: {_error_code(response)}")
+        try:
+            document = response.json()
+        except ValueError:
+            log.warning("%s: unreadable body (truncated?)", what)
+            raise _Retryable("unreadable body") from None
+        return _page(document, f"{resource.value}s")
+
+
+def _page(document: Any, key: str) -> Page:
+    try:
+        data = document["data"]
+        pagination = data["pagination"]
+        records = data[key]
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise TypeError
+        return Page(
+            records,
+            int(pagination["current_page"]),
+            int(pagination["total_pages"]),
+            int(pagination["total_count"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        # A body cut short can still be valid JSON only by accident; treat it as a glitch.
+        raise _Retryable(f"unexpected response shape for {key}") from None
+
+
+def _error_code(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return "no error code"

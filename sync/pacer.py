@@ -1,0 +1,96 @@
+"""Pacing requests from HealthDock's rate-limit headers.
+
+HealthDock announces a fixed window: ``X-RateLimit-Limit`` requests, ``X-RateLimit-Remaining``
+of them left, until ``X-RateLimit-Reset`` (epoch seconds). The pacer spreads our requests
+evenly over what is left of the window, keeping a share of the limit free for the hospital's
+other HealthDock clients, so that a pass never draws a 429 in normal operation and does not
+burst through the budget at the start of a window either. Pure arithmetic: the caller owns
+the clock and the sleeping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """What one response said about the window."""
+
+    limit: int
+    remaining: int
+    reset_at: float  # epoch seconds
+
+
+def read_rate_limit(headers: Mapping[str, str]) -> RateLimit | None:
+    """The window from a response's headers, or None when they are absent or unreadable."""
+    try:
+        return RateLimit(
+            limit=int(headers["x-ratelimit-limit"]),
+            remaining=int(headers["x-ratelimit-remaining"]),
+            reset_at=float(headers["x-ratelimit-reset"]),
+        )
+    except (KeyError, ValueError):
+        return None
+
+
+def retry_after(headers: Mapping[str, str], now: float) -> float | None:
+    """Seconds to wait after a 429: ``Retry-After``, else until ``X-RateLimit-Reset``."""
+    try:
+        return max(0.0, float(headers["retry-after"]))
+    except (KeyError, ValueError):
+        pass
+    window = read_rate_limit(headers)
+    return None if window is None else max(0.0, window.reset_at - now)
+
+
+class Pacer:
+    """Decides when the next request may go.
+
+    ``reserve`` is the share of the limit left for other clients (0.2 keeps 20% of every
+    window free). Until a response has told us the window, requests go unpaced.
+    """
+
+    def __init__(self, reserve: float) -> None:
+        if not 0 <= reserve < 1:
+            raise ValueError("reserve must be in [0, 1)")
+        self._reserve = reserve
+        self._window: RateLimit | None = None
+        self._sent_since_update = 0
+        self._next_slot = 0.0
+        self._paused_until = 0.0
+
+    def observe(self, window: RateLimit | None) -> None:
+        """Take in what a response said; requests sent before it are already counted in it."""
+        if window is not None:
+            self._window = window
+            self._sent_since_update = 0
+
+    def pause_until(self, moment: float) -> None:
+        """After a 429: send nothing before ``moment``."""
+        self._paused_until = max(self._paused_until, moment)
+
+    def reserve_slot(self, now: float) -> float:
+        """Claim the next request slot; return how many seconds to wait before sending."""
+        start = max(now, self._paused_until, self._next_slot)
+        window = self._window
+        if window is None:
+            self._next_slot = start
+            return start - now
+        if start >= window.reset_at:
+            # A new window has begun: its budget is unknown until the next response.
+            self._window = None
+            self._next_slot = start
+            return start - now
+        usable = window.remaining - self._sent_since_update - self._reserve * window.limit
+        if usable < 1:
+            # Nothing left that is ours in this window: wait for the next one.
+            start = window.reset_at
+            self._window = None
+            self._next_slot = start
+            return start - now
+        interval = (window.reset_at - start) / usable
+        self._sent_since_update += 1
+        self._next_slot = start + interval
+        return start - now

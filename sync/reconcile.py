@@ -1,0 +1,369 @@
+"""A reconcile pass: make the mirror equal to HealthDock for one resource.
+
+**Mark.** Page through the resource (largest pages, several in flight when the rate budget
+allows) and put every record through the mirror core's ordering guard, so a page read
+before a webhook's newer update never overwrites it. Each listed record is marked with the
+pass's id. Pages are applied in their own short transactions, each moving the pass's
+checkpoint, so a pass that dies resumes where it stopped.
+
+**Sweep.** Page-number pagination is not a snapshot: records inserted or deleted while we
+page shift the pages, so a record can be missed without having been deleted. A live record
+that a *complete* pass did not mark is therefore only a candidate. Records written after
+the pass began (by a webhook, say) are never candidates. Each candidate is confirmed by
+asking HealthDock for that id; only a record HealthDock does not return is tombstoned
+(``deleted_at``; nothing is physically deleted), and one it returns is applied instead.
+An incomplete pass sweeps nothing. A brake holds the sweep when the candidates exceed a
+share of the live records (with a small absolute floor): an upstream bug that returns empty
+pages must not erase a hospital's mirror; an operator releases it with
+``sync --allow-mass-delete``.
+
+Every change a pass finds (a missed create, update or delete) is written to the event log
+with source ``reconcile``, so the change feed is complete, and counted on the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from sqlalchemy import Engine, Select, func, or_, select
+from sqlalchemy.engine import Connection
+
+from mirror.database import read_transaction, write_transaction
+from mirror.driver import Driver
+from mirror.eventlog import APPLIED, RECONCILE, IncomingEvent, Outcome, store_events
+from mirror.events import Event, PayloadError, RecordWrite, Resource, record_write
+from mirror.guard import CREATED, DELETED, RESTORED, UPDATED
+from mirror.records import apply_writes
+from mirror.schema import MIRRORED_TABLES
+from mirror.versions import Action
+from sync import runs
+from sync.client import HealthDockClient, UpstreamError
+
+log = logging.getLogger(__name__)
+
+# A record without updated_at or created_at can only fill a gap, never overwrite an event.
+_NO_VERSION = "0001-01-01T00:00:00Z"
+_CANDIDATE_CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class PassOptions:
+    page_size: int = 100
+    concurrency: int = 4
+    mass_delete_share: float = 0.05
+    mass_delete_floor: int = 10
+    allow_mass_delete: bool = False
+
+
+@dataclass(slots=True)
+class PassResult:
+    run_id: int
+    resource: str
+    outcome: str = runs.RUNNING
+    pages: int = 0
+    records: int = 0
+    created: int = 0
+    updated: int = 0
+    tombstoned: int = 0
+    candidates: int = 0
+    error: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+Progress = Callable[[int, int], None]  # (pages applied, pages known)
+
+
+async def reconcile(
+    engine: Engine,
+    client: HealthDockClient,
+    resource: Resource,
+    options: PassOptions,
+    *,
+    progress: Progress | None = None,
+) -> PassResult:
+    """One pass over ``resource``; the caller holds the reconcile lease."""
+    run = await asyncio.to_thread(
+        write_transaction, engine, lambda c: runs.start_or_resume(c, resource.value, "full")
+    )
+    result = PassResult(run.id, resource.value)
+    requests_before = client.stats.requests
+    limited_before = client.stats.rate_limited
+    retries_before = client.stats.retries
+    try:
+        await _mark(engine, client, resource, options, run, result, progress)
+        await _sweep(engine, client, resource, options, run, result)
+    except UpstreamError as error:
+        result.outcome, result.error = runs.INCOMPLETE, str(error)
+        log.warning("%s pass %d incomplete: %s", resource.value, run.id, error)
+    finally:
+        counts = {
+            "requests": client.stats.requests - requests_before,
+            "rate_limited": client.stats.rate_limited - limited_before,
+            "errors": client.stats.retries - retries_before,
+        }
+        if result.outcome == runs.RUNNING:
+            result.outcome = runs.SUCCESS
+        await asyncio.to_thread(
+            write_transaction,
+            engine,
+            lambda c: runs.finish(c, run.id, result.outcome, counts, result.error),
+        )
+    return result
+
+
+async def _mark(
+    engine: Engine,
+    client: HealthDockClient,
+    resource: Resource,
+    options: PassOptions,
+    run: runs.Run,
+    result: PassResult,
+    progress: Progress | None,
+) -> None:
+    applying = asyncio.Lock()
+    state = _PageState(next_page=run.checkpoint + 1, checkpoint=run.checkpoint)
+
+    async def fetch_and_apply(number: int) -> None:
+        page = await client.page(resource, number, options.page_size)
+        state.saw_total(page.total_pages)
+        async with applying:
+            checkpoint = state.applied(number)
+            apply = functools.partial(
+                _apply_page, resource=resource, run=run, records=page.records,
+                checkpoint=checkpoint,
+            )  # fmt: skip
+            counts = await asyncio.to_thread(write_transaction, engine, apply)
+        _count(result, counts, len(page.records))
+        if progress is not None:
+            progress(state.checkpoint, state.total or 0)
+
+    async def worker() -> None:
+        while (number := state.take()) is not None:
+            await fetch_and_apply(number)
+
+    # The first page says how many there are; then up to `concurrency` pages are in flight.
+    first = state.take()
+    if first is not None:
+        await fetch_and_apply(first)
+    await asyncio.gather(*(worker() for _ in range(max(1, options.concurrency))))
+
+
+@dataclass(slots=True)
+class _PageState:
+    """Which page to fetch next, and the checkpoint: every page up to it is applied."""
+
+    next_page: int
+    checkpoint: int
+    total: int | None = None
+    done: set[int] = field(default_factory=set)
+
+    def take(self) -> int | None:
+        if self.total is not None and self.next_page > max(self.total, 1):
+            return None
+        number = self.next_page
+        self.next_page += 1
+        return number
+
+    def saw_total(self, total_pages: int) -> None:
+        # Drift may grow the total while we page: keep going to the largest one seen.
+        self.total = max(self.total or 0, total_pages)
+
+    def applied(self, number: int) -> int:
+        self.done.add(number)
+        while self.checkpoint + 1 in self.done:
+            self.checkpoint += 1
+            self.done.discard(self.checkpoint)
+        return self.checkpoint
+
+
+def _apply_page(
+    connection: Connection,
+    resource: Resource,
+    run: runs.Run,
+    records: Sequence[dict[str, Any]],
+    checkpoint: int,
+) -> dict[str, int]:
+    writes = [write for write in map(lambda r: _api_write(resource, r), records) if write]
+    effects = apply_writes(connection, writes)
+    _mark_seen(connection, resource, run.id, [write.record_id for write in writes])
+    counts = _record_changes(connection, run, writes, effects)
+    runs.record_progress(
+        connection, run.id, {**counts, "pages": 1, "records": len(records)}, checkpoint
+    )
+    return counts
+
+
+def _api_write(resource: Resource, record: dict[str, Any]) -> RecordWrite | None:
+    version = record.get("updated_at") or record.get("created_at") or _NO_VERSION
+    try:
+        return record_write(resource, Action.UPDATE, version, record)
+    except PayloadError as error:
+        # One malformed record must not stop the pass; it is skipped and logged (no data).
+        log.warning("skipping a %s from the API: %s", resource.value, error)
+        return None
+
+
+def _mark_seen(connection: Connection, resource: Resource, run_id: int, ids: Sequence[str]) -> None:
+    if not ids:
+        return
+    driver = Driver.of(connection)
+    table = MIRRORED_TABLES[resource.value].name
+    driver.execute(
+        connection,
+        f"UPDATE {table} SET seen_in_run = :run WHERE {driver.id_list('id', 'ids')}",  # noqa: S608
+        {"run": run_id, "ids": driver.ids(sorted(set(ids)))},
+    )
+
+
+_EVENT_OF_EFFECT = {CREATED: "created", UPDATED: "updated", RESTORED: "updated", DELETED: "deleted"}
+_COUNTER_OF_EFFECT = {
+    CREATED: "created",
+    UPDATED: "updated",
+    RESTORED: "updated",
+    DELETED: "tombstoned",
+}
+
+
+def _record_changes(
+    connection: Connection, run: runs.Run, writes: Sequence[RecordWrite], effects: Sequence[str]
+) -> dict[str, int]:
+    """Write each change the pass found to the event log; count them by kind."""
+    counts = {"created": 0, "updated": 0, "tombstoned": 0}
+    events = []
+    now = datetime.now(UTC)
+    for write, effect in zip(writes, effects, strict=True):
+        if effect not in _EVENT_OF_EFFECT:
+            continue
+        counts[_COUNTER_OF_EFFECT[effect]] += 1
+        event_type = f"{write.resource.value}.{_EVENT_OF_EFFECT[effect]}"
+        timestamp = write.version.split("|", 1)[0]
+        body = msgspec.json.encode(
+            {
+                "event": event_type,
+                "timestamp": timestamp,
+                "data": write.fields or {"id": write.record_id},
+            }
+        )
+        events.append(
+            (
+                IncomingEvent(
+                    source=RECONCILE,
+                    dedup_key=f"run:{run.id}:{write.resource.value}:{write.record_id}:{write.version}",
+                    event=Event(None, event_type, timestamp, write),
+                    body=body,
+                    headers=[],
+                    received_at=now,
+                ),
+                Outcome(APPLIED, effect),
+            )
+        )
+    store_events(connection, events)
+    return counts
+
+
+def _count(result: PassResult, counts: dict[str, int], records: int, pages: int = 1) -> None:
+    result.pages += pages
+    result.records += records
+    result.created += counts["created"]
+    result.updated += counts["updated"]
+    result.tombstoned += counts["tombstoned"]
+
+
+async def _sweep(
+    engine: Engine,
+    client: HealthDockClient,
+    resource: Resource,
+    options: PassOptions,
+    run: runs.Run,
+    result: PassResult,
+) -> None:
+    count = functools.partial(_count_candidates, resource=resource, run=run)
+    candidates, live = await asyncio.to_thread(read_transaction, engine, count)
+    result.candidates = candidates
+    record = functools.partial(
+        runs.record_progress, run_id=run.id, counts={"candidates": candidates}
+    )
+    await asyncio.to_thread(write_transaction, engine, record)
+    limit = max(options.mass_delete_floor, int(options.mass_delete_share * live))
+    if candidates > limit and not options.allow_mass_delete:
+        result.outcome = runs.HELD
+        result.error = (
+            f"mass-delete brake: {candidates} of {live} live {resource.value}s were not "
+            f"listed by HealthDock (the limit is {limit}); nothing was tombstoned. Check "
+            "HealthDock, then run `healthdock-mirror sync --allow-mass-delete`."
+        )
+        log.warning("%s pass %d held by the mass-delete brake", resource.value, run.id)
+        return
+    semaphore = asyncio.Semaphore(max(1, options.concurrency))
+
+    async def confirm(record_id: str) -> RecordWrite:
+        async with semaphore:
+            record = await client.find(resource, record_id)
+        if record is not None:
+            write = _api_write(resource, record)
+            if write is not None:
+                return write
+        # HealthDock does not have it: a delete as of now, which an older event cannot undo.
+        return record_write(resource, Action.DELETE, _now_iso(), {resource.id_field: record_id})
+
+    after = ""
+    while True:
+        ids = functools.partial(_candidate_ids, resource=resource, run=run, after=after)
+        chunk = await asyncio.to_thread(read_transaction, engine, ids)
+        if not chunk:
+            return
+        after = chunk[-1]
+        writes = list(await asyncio.gather(*(confirm(record_id) for record_id in chunk)))
+        apply = functools.partial(_apply_confirmations, run=run, writes=writes)
+        counts = await asyncio.to_thread(write_transaction, engine, apply)
+        _count(result, counts, 0, pages=0)
+
+
+def _apply_confirmations(
+    connection: Connection, run: runs.Run, writes: Sequence[RecordWrite]
+) -> dict[str, int]:
+    effects = apply_writes(connection, writes)
+    counts = _record_changes(connection, run, writes, effects)
+    runs.record_progress(connection, run.id, counts)
+    return counts
+
+
+def _unseen(resource: Resource, run: runs.Run) -> Select[Any]:
+    """Live records this pass did not list and that nobody wrote since it began."""
+    table = MIRRORED_TABLES[resource.value]
+    return select(table.c.id).where(
+        table.c.deleted_at.is_(None),
+        or_(table.c.seen_in_run.is_(None), table.c.seen_in_run != run.id),
+        table.c.mirrored_at < run.started_at,
+    )
+
+
+def _count_candidates(connection: Connection, resource: Resource, run: runs.Run) -> tuple[int, int]:
+    table = MIRRORED_TABLES[resource.value]
+    candidates = connection.execute(
+        select(func.count()).select_from(_unseen(resource, run).subquery())
+    ).scalar_one()
+    live = connection.execute(
+        select(func.count()).select_from(table).where(table.c.deleted_at.is_(None))
+    ).scalar_one()
+    return int(candidates), int(live)
+
+
+def _candidate_ids(
+    connection: Connection, resource: Resource, run: runs.Run, after: str
+) -> list[str]:
+    """The next candidates by id after ``after``: memory stays flat however many there are."""
+    table = MIRRORED_TABLES[resource.value]
+    query = _unseen(resource, run).where(table.c.id > after).order_by(table.c.id)
+    return [str(i) for i in connection.execute(query.limit(_CANDIDATE_CHUNK)).scalars()]
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")

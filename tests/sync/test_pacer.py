@@ -1,0 +1,77 @@
+"""Pacing arithmetic, without a network: spread the budget, keep the reserve, never a 429."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sync.pacer import Pacer, RateLimit, read_rate_limit, retry_after
+
+
+def test_unpaced_until_a_window_is_known() -> None:
+    pacer = Pacer(reserve=0.2)
+    assert [pacer.reserve_slot(now=100.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+
+
+def test_budget_is_spread_evenly_over_the_window() -> None:
+    pacer = Pacer(reserve=0.2)
+    pacer.observe(RateLimit(limit=100, remaining=100, reset_at=160.0))
+    waits = [pacer.reserve_slot(now=100.0) for _ in range(4)]
+    # 80 usable requests over 60 s: one every 0.75 s (approximately, as the budget shrinks).
+    assert waits[0] == 0.0
+    assert waits[1] == pytest.approx(0.75, rel=0.05)
+    assert waits[3] == pytest.approx(2.25, rel=0.05)
+
+
+def test_reserve_is_left_for_other_clients() -> None:
+    pacer = Pacer(reserve=0.2)
+    pacer.observe(RateLimit(limit=100, remaining=20, reset_at=130.0))
+    # Only the reserve is left: wait for the next window.
+    assert pacer.reserve_slot(now=100.0) == pytest.approx(30.0)
+
+
+def test_pause_after_429_delays_every_slot() -> None:
+    pacer = Pacer(reserve=0.0)
+    pacer.pause_until(105.0)
+    assert pacer.reserve_slot(now=100.0) == pytest.approx(5.0)
+
+
+def test_headers_are_read_leniently() -> None:
+    headers = {
+        "x-ratelimit-limit": "1000",
+        "x-ratelimit-remaining": "750",
+        "x-ratelimit-reset": "1642089600",
+    }
+    assert read_rate_limit(headers) == RateLimit(1000, 750, 1642089600.0)
+    assert read_rate_limit({"x-ratelimit-limit": "many"}) is None
+    assert retry_after({"retry-after": "7"}, now=0) == 7.0
+    assert retry_after(headers, now=1642089590.0) == 10.0
+    assert retry_after({}, now=0) is None
+
+
+@given(
+    limit=st.integers(5, 500),
+    window=st.integers(1, 120),
+    reserve=st.sampled_from([0.0, 0.1, 0.2, 0.5]),
+    requests=st.integers(1, 600),
+)
+def test_simulated_fixed_window_server_never_answers_429(
+    limit: int, window: int, reserve: float, requests: int
+) -> None:
+    """Drive the pacer against a fixed-window limiter like HealthDock's, one request at a time."""
+    pacer = Pacer(reserve=reserve)
+    now = 1000.0
+    window_start, used = now, 0
+    per_window: dict[float, int] = {}
+    for _ in range(requests):
+        now += pacer.reserve_slot(now)
+        while now >= window_start + window:
+            window_start, used = window_start + window, 0
+        used += 1
+        assert used <= limit, "the server would answer 429"
+        per_window[window_start] = used
+        pacer.observe(RateLimit(limit, limit - used, window_start + window))
+        now += 0.001  # the response takes a moment
+    # Ours stays within our share of each window (one unpaced request may open a window).
+    assert max(per_window.values()) <= max(1, limit - int(reserve * limit)) + 1
