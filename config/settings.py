@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     sync_mass_delete_share: float = Field(default=0.05, ge=0, le=1)
     sync_mass_delete_floor: int = Field(default=10, ge=0)
     sync_lease_seconds: float = Field(default=120.0, gt=0)
+    sync_interval_minutes: float = Field(default=60.0, gt=0)
+    # A run cut short (rate limits, errors) is retried this soon, not a full interval later.
+    sync_retry_minutes: float = Field(default=5.0, gt=0)
+    # The frequent short job: appointments of today and the coming days.
+    sync_upcoming_minutes: float = Field(default=5.0, gt=0)
+    sync_upcoming_days: int = Field(default=2, ge=0, le=31)
 
     @field_validator("webhook_secret", mode="before")
     @classmethod

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Callable, Iterator
+import signal
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import click
@@ -58,8 +60,9 @@ def migrate() -> None:
 @click.option("--host", help="Address to bind (default HEALTHDOCK_HOST, 127.0.0.1).")
 @click.option("--port", type=int, help="Port to listen on (default HEALTHDOCK_PORT, 8080).")
 @click.option("--access-log/--no-access-log", default=False, help="Log every request line.")
-def serve(host: str | None, port: int | None, access_log: bool) -> None:
-    """Run the webhook receiver."""
+@click.option("--scheduler/--no-scheduler", default=True, help="Also run the reconcile jobs.")
+def serve(host: str | None, port: int | None, access_log: bool, scheduler: bool) -> None:
+    """Run the webhook receiver (and the reconcile scheduler, unless told not to)."""
     import uvicorn
 
     from receiver import create_app
@@ -67,8 +70,15 @@ def serve(host: str | None, port: int | None, access_log: bool) -> None:
     settings = _settings(host=host, port=port)
     _configure_logging(settings)
     _ensure_schema(settings)
+    services = []
+    if scheduler and settings.api_key is None:
+        logging.getLogger(__name__).warning(
+            "HEALTHDOCK_API_KEY is not set: serving without the reconcile scheduler"
+        )
+    elif scheduler:
+        services.append(functools.partial(_scheduling, settings))
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, services=services),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
@@ -76,6 +86,40 @@ def serve(host: str | None, port: int | None, access_log: bool) -> None:
         # uvicorn would otherwise replace the logging set up above.
         log_config=None,
     )
+
+
+@contextlib.asynccontextmanager
+async def _scheduling(settings: Settings, engine: Engine) -> AsyncIterator[None]:
+    """The reconcile jobs, running on the caller's event loop while the context is open."""
+    from sync.schedule import build_scheduler
+
+    scheduler = build_scheduler(settings, engine)
+    scheduler.start()
+    try:
+        yield
+    finally:
+        scheduler.shutdown(wait=False)
+
+
+@main.command()
+def worker() -> None:
+    """Run only the reconcile scheduler (no receiver) until interrupted."""
+    settings = _settings()
+    _configure_logging(settings)
+    if settings.api_key is None:
+        raise click.ClickException("HEALTHDOCK_API_KEY: needed to reconcile with HealthDock")
+    _ensure_schema(settings)
+
+    async def run(engine: Engine) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        async with _scheduling(settings, engine):
+            await stop.wait()
+
+    with _database(settings) as engine:
+        asyncio.run(run(engine))
 
 
 def _ensure_schema(settings: Settings) -> None:

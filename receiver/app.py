@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
+from sqlalchemy import Engine
 
 from config import Settings
 from mirror.database import create_mirror_engine
@@ -21,9 +23,14 @@ class SchemaNotCurrent(Exception):
     """The database's schema is not at the migrations' head."""
 
 
-def create_app(settings: Settings) -> Litestar:
+# Something that runs alongside the receiver (the scheduler, say), given the app's engine.
+Service = Callable[[Engine], AbstractAsyncContextManager[None]]
+
+
+def create_app(settings: Settings, *, services: Sequence[Service] = ()) -> Litestar:
     """The receiver for ``settings``. Its lifespan starts (and stops, in reverse) an engine for
-    readiness checks and the intake with its committer process, which owns the writes."""
+    readiness checks, the intake with its committer process, which owns the writes, and
+    ``services``."""
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -44,7 +51,10 @@ def create_app(settings: Settings) -> Litestar:
             app.state.engine = engine
             app.state.intake = intake
             try:
-                yield
+                async with contextlib.AsyncExitStack() as stack:
+                    for service in services:
+                        await stack.enter_async_context(service(engine))
+                    yield
             finally:
                 await intake.stop()
         finally:

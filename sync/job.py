@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import date
 
 import httpx
 from sqlalchemy import Engine
@@ -22,7 +23,7 @@ from mirror.database import DatabaseUnavailable, write_transaction
 from mirror.events import Resource
 from sync import runs
 from sync.client import HealthDockClient
-from sync.reconcile import PassOptions, PassResult, Progress, reconcile
+from sync.reconcile import PassOptions, PassResult, Progress, reconcile, refresh
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,22 @@ async def run_reconcile(
                 )
             )
         return results
+
+
+async def run_refresh(
+    settings: Settings,
+    engine: Engine,
+    days: Sequence[date],
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> PassResult:
+    """Refresh the appointments of ``days`` under the lease (no sweep)."""
+    filters = [{"date": day.isoformat()} for day in days]
+    async with (
+        _lease(engine, settings.sync_lease_seconds),
+        api_client(settings, transport=transport) as client,
+    ):
+        return await refresh(engine, client, Resource.APPOINTMENT, filters, pass_options(settings))
 
 
 @contextlib.asynccontextmanager

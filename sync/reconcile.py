@@ -118,6 +118,44 @@ async def reconcile(
     return result
 
 
+async def refresh(
+    engine: Engine,
+    client: HealthDockClient,
+    resource: Resource,
+    filters: Sequence[dict[str, str]],
+    options: PassOptions,
+) -> PassResult:
+    """Apply what HealthDock lists under each filter (say, one day's appointments).
+
+    A filtered listing heals missed creates and updates quickly; it cannot tell deletions
+    (a record outside the filter is not gone), so it sweeps nothing.
+    """
+    start = functools.partial(runs.start_or_resume, resource=resource.value, kind="upcoming",
+                              resume=False)  # fmt: skip
+    run = await asyncio.to_thread(write_transaction, engine, start)
+    result = PassResult(run.id, resource.value)
+    try:
+        for filter_set in filters:
+            number, total = 1, 1
+            while number <= total:
+                page = await client.page(resource, number, options.page_size, **filter_set)
+                total = page.total_pages
+                apply = functools.partial(
+                    _apply_page, resource=resource, run=run, records=page.records,
+                    checkpoint=0, mark=False,
+                )  # fmt: skip
+                counts = await asyncio.to_thread(write_transaction, engine, apply)
+                _count(result, counts, len(page.records))
+                number += 1
+        result.outcome = runs.SUCCESS
+    except UpstreamError as error:
+        result.outcome, result.error = runs.INCOMPLETE, str(error)
+    finish = functools.partial(runs.finish, run_id=run.id, outcome=result.outcome, counts={},
+                               error=result.error)  # fmt: skip
+    await asyncio.to_thread(write_transaction, engine, finish)
+    return result
+
+
 async def _mark(
     engine: Engine,
     client: HealthDockClient,
@@ -189,10 +227,12 @@ def _apply_page(
     run: runs.Run,
     records: Sequence[dict[str, Any]],
     checkpoint: int,
+    mark: bool = True,
 ) -> dict[str, int]:
     writes = [write for write in map(lambda r: _api_write(resource, r), records) if write]
     effects = apply_writes(connection, writes)
-    _mark_seen(connection, resource, run.id, [write.record_id for write in writes])
+    if mark:
+        _mark_seen(connection, resource, run.id, [write.record_id for write in writes])
     counts = _record_changes(connection, run, writes, effects)
     runs.record_progress(
         connection, run.id, {**counts, "pages": 1, "records": len(records)}, checkpoint

@@ -34,10 +34,13 @@ class Run:
     resumed: bool
 
 
-def start_or_resume(connection: Connection, resource: str, kind: str) -> Run:
+def start_or_resume(
+    connection: Connection, resource: str, kind: str, *, resume: bool = True
+) -> Run:
     """Resume the last pass of ``resource`` if it never finished, else start a new one.
 
-    Only the lease holder calls this, so a pass still marked running was cut short.
+    Only the lease holder calls this, so a pass still marked running was cut short. A run
+    that is not resumed is closed as incomplete.
     """
     row = connection.execute(
         select(sync_runs.c.id, sync_runs.c.started_at, sync_runs.c.checkpoint)
@@ -46,8 +49,10 @@ def start_or_resume(connection: Connection, resource: str, kind: str) -> Run:
         .limit(1)
     ).first()
     if row is not None and _outcome(connection, row.id) == RUNNING:
-        checkpoint = int((row.checkpoint or {}).get("page", 0))
-        return Run(row.id, resource, _aware(row.started_at), checkpoint, resumed=True)
+        if resume:
+            checkpoint = int((row.checkpoint or {}).get("page", 0))
+            return Run(row.id, resource, _aware(row.started_at), checkpoint, resumed=True)
+        finish(connection, row.id, INCOMPLETE, {}, "cut short (the process stopped)")
     started = datetime.now(UTC)
     run_id = connection.execute(
         insert(sync_runs)

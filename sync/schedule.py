@@ -1,0 +1,75 @@
+"""APScheduler jobs: the full reconcile on an interval, and a frequent refresh of the coming
+days' appointments. Used inside ``serve`` and by the separate ``worker`` command.
+
+Every job takes the reconcile lease, so any number of processes can run the scheduler: one
+reconcile runs at a time, and the others skip their turn. A full reconcile that did not
+succeed (rate limits, errors, the database away) is tried again after
+``HEALTHDOCK_SYNC_RETRY_MINUTES`` rather than a whole interval later.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import Engine
+
+from config import Settings
+from mirror.database import DatabaseUnavailable
+from mirror.events import Resource
+from sync.client import UpstreamError
+from sync.job import LeaseHeld, run_reconcile, run_refresh
+from sync.runs import SUCCESS
+
+log = logging.getLogger(__name__)
+
+_RETRY_JOB = "reconcile-retry"
+
+
+def build_scheduler(settings: Settings, engine: Engine) -> AsyncIOScheduler:
+    """A scheduler with both jobs; the caller starts it on its event loop and shuts it down."""
+    scheduler = AsyncIOScheduler(timezone=UTC)
+
+    async def full_reconcile() -> None:
+        try:
+            results = await run_reconcile(settings, engine, list(Resource))
+        except LeaseHeld as held:
+            log.info("reconcile skipped: %s", held)
+            return
+        except (DatabaseUnavailable, UpstreamError) as error:
+            log.warning("reconcile failed: %s", error)
+            results = []
+        if not results or any(result.outcome != SUCCESS for result in results):
+            retry_at = datetime.now(UTC) + timedelta(minutes=settings.sync_retry_minutes)
+            scheduler.add_job(full_reconcile, "date", run_date=retry_at, id=_RETRY_JOB,
+                              replace_existing=True)  # fmt: skip
+            log.info("reconcile incomplete; trying again at %s", retry_at.isoformat())
+
+    async def upcoming_appointments() -> None:
+        today = datetime.now(UTC).date()
+        days = [today + timedelta(days=n) for n in range(settings.sync_upcoming_days + 1)]
+        try:
+            await run_refresh(settings, engine, days)
+        except LeaseHeld as held:
+            log.info("appointment refresh skipped: %s", held)
+        except (DatabaseUnavailable, UpstreamError) as error:
+            log.warning("appointment refresh failed: %s", error)
+
+    scheduler.add_job(
+        full_reconcile,
+        IntervalTrigger(minutes=settings.sync_interval_minutes),
+        id="reconcile",
+        next_run_time=datetime.now(UTC) + timedelta(seconds=5),
+        max_instances=1,
+        coalesce=True,
+    )
+    scheduler.add_job(
+        upcoming_appointments,
+        IntervalTrigger(minutes=settings.sync_upcoming_minutes),
+        id="upcoming-appointments",
+        max_instances=1,
+        coalesce=True,
+    )
+    return scheduler
