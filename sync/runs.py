@@ -103,12 +103,14 @@ def acquire_lease(connection: Connection, name: str, holder: str, ttl_seconds: f
     """Take or renew the lease ``name`` for ``holder``; False when someone else holds it."""
     now = datetime.now(UTC)
     expires = now + timedelta(seconds=ttl_seconds)
+    # RETURNING, not rowcount: drivers do not all report rowcount for every statement.
     taken = connection.execute(
         update(leases)
         .where(leases.c.name == name, or_(leases.c.holder == holder, leases.c.expires_at < now))
         .values(holder=holder, expires_at=expires)
-    ).rowcount
-    if taken:
+        .returning(leases.c.name)
+    ).first()
+    if taken is not None:
         return True
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
     # Two processes may both find no lease: the primary key lets only one insert win.
@@ -116,8 +118,9 @@ def acquire_lease(connection: Connection, name: str, holder: str, ttl_seconds: f
         dialect.insert(leases)
         .values(name=name, holder=holder, expires_at=expires)
         .on_conflict_do_nothing(index_elements=["name"])
-    ).rowcount
-    return bool(inserted)
+        .returning(leases.c.name)
+    ).first()
+    return inserted is not None
 
 
 def release_lease(connection: Connection, name: str, holder: str) -> None:
