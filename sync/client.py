@@ -91,7 +91,7 @@ class HealthDockClient:
         self._pacer = Pacer(reserve)
         self._slot_lock = asyncio.Lock()
         self._attempts = attempts
-        self._backoff = wait_exponential_jitter(initial=0.2, max=max_backoff_seconds)
+        self._backoff = wait_exponential_jitter(multiplier=0.2, max=max_backoff_seconds)
         self._clock = clock
         self._sleep = sleep
         self.stats = ClientStats()

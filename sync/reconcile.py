@@ -88,7 +88,12 @@ async def reconcile(
     *,
     progress: Progress | None = None,
 ) -> PassResult:
-    """One pass over ``resource``; the caller holds the reconcile lease."""
+    """One pass over ``resource``; the caller holds the reconcile lease.
+
+    A pass that HealthDock cuts short ends ``incomplete`` (and sweeps nothing). One that is
+    interrupted otherwise (cancelled, the database away, the process killed) stays
+    ``running`` with its checkpoint, and the next pass over the resource resumes it.
+    """
     run = await asyncio.to_thread(
         write_transaction, engine, lambda c: runs.start_or_resume(c, resource.value, "full")
     )
@@ -102,19 +107,16 @@ async def reconcile(
     except UpstreamError as error:
         result.outcome, result.error = runs.INCOMPLETE, str(error)
         log.warning("%s pass %d incomplete: %s", resource.value, run.id, error)
-    finally:
-        counts = {
-            "requests": client.stats.requests - requests_before,
-            "rate_limited": client.stats.rate_limited - limited_before,
-            "errors": client.stats.retries - retries_before,
-        }
-        if result.outcome == runs.RUNNING:
-            result.outcome = runs.SUCCESS
-        await asyncio.to_thread(
-            write_transaction,
-            engine,
-            lambda c: runs.finish(c, run.id, result.outcome, counts, result.error),
-        )
+    if result.outcome == runs.RUNNING:
+        result.outcome = runs.SUCCESS
+    counts = {
+        "requests": client.stats.requests - requests_before,
+        "rate_limited": client.stats.rate_limited - limited_before,
+        "errors": client.stats.retries - retries_before,
+    }
+    finish = functools.partial(runs.finish, run_id=run.id, outcome=result.outcome,
+                               counts=counts, error=result.error)  # fmt: skip
+    await asyncio.to_thread(write_transaction, engine, finish)
     return result
 
 

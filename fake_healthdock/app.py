@@ -1,0 +1,163 @@
+"""The fake as an ASGI application: routing, authentication, rate limits and faults.
+
+A plain ASGI callable rather than a framework app, because the faults live on the wire:
+dropping a connection unanswered or sending a body shorter than promised is easier without a
+framework's response machinery in the way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fake_healthdock import api, control
+from fake_healthdock.api import ApiError, Request, Response
+from fake_healthdock.connection import drop_connection
+from fake_healthdock.fake import FakeHealthDock
+from fake_healthdock.mutations import churn
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+MAX_BODY_BYTES = 1 << 20
+_SHUTDOWN_DRAIN_SECONDS = 2.0
+_SERVER_ERRORS = {
+    500: ("INTERNAL_ERROR", "Server error, please retry"),
+    502: ("BAD_GATEWAY", "Bad gateway, please retry"),
+    503: ("SERVICE_UNAVAILABLE", "Service unavailable, please retry"),
+}
+
+
+def create_app(fake: FakeHealthDock, *, mutations_per_second: float = 0.0) -> FakeApp:
+    """The HTTP face of ``fake``. When served with a lifespan (uvicorn), it starts the webhook
+    worker and, if ``mutations_per_second`` > 0, a stream of random changes."""
+    return FakeApp(fake, mutations_per_second)
+
+
+class FakeApp:
+    def __init__(self, fake: FakeHealthDock, mutations_per_second: float) -> None:
+        self.fake = fake
+        self.mutations_per_second = mutations_per_second
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            request = await _read(scope, receive)
+        except ApiError as error:
+            await _send(send, error.response())
+            return
+        if request.path == "/_fake" or request.path.startswith("/_fake/"):
+            try:
+                response = control.handle(self.fake, request)
+            except ApiError as error:
+                response = error.response()
+        else:
+            answer = await self._api(request)
+            if answer is None:
+                return  # the connection was dropped
+            response = answer
+        await _send(send, response)
+
+    async def _api(self, request: Request) -> Response | None:
+        fake = self.fake
+        fake.stats.requests += 1
+        verdict = fake.dice.roll(fake.faults)
+        if verdict.delay:
+            await asyncio.sleep(verdict.delay)
+        if verdict.reset:
+            fake.stats.resets += 1
+            await drop_connection()
+            return None
+        token = _bearer(request.headers)
+        quota = None if fake.limiter is None else fake.limiter.take(token)
+        try:
+            if quota is not None and not quota.allowed:
+                fake.stats.rate_limited += 1
+                details = {"retry_after": quota.retry_after}
+                raise ApiError(429, "RATE_LIMITED", "Rate limit exceeded", details)
+            if not hmac.compare_digest(token.encode(), fake.api_key.encode()):
+                fake.stats.unauthorized += 1
+                raise ApiError(401, "UNAUTHORIZED", "Invalid or missing API key")
+            if verdict.error_status is not None:
+                fake.stats.errors += 1
+                raise ApiError(verdict.error_status, *_SERVER_ERRORS[verdict.error_status])
+            response = api.handle(fake, request, drift=verdict.drift)
+        except ApiError as error:
+            response = error.response()
+        if quota is not None:
+            response.headers.extend(quota.headers())
+        if verdict.truncate_fraction is not None and len(response.body) > 1:
+            fake.stats.truncated += 1
+            length = len(response.body)
+            cut = int(length * verdict.truncate_fraction)
+            response.body = response.body[: min(length - 1, max(1, cut))]
+        return response
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        churning: asyncio.Task[None] | None = None
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.fake.webhooks.start()
+                if self.mutations_per_second > 0:
+                    changes = churn(self.fake.mutate, self.mutations_per_second)
+                    churning = asyncio.create_task(changes)
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if churning is not None:
+                    churning.cancel()
+                    await asyncio.gather(churning, return_exceptions=True)
+                with contextlib.suppress(TimeoutError):
+                    await self.fake.webhooks.drain(within=_SHUTDOWN_DRAIN_SECONDS)
+                await self.fake.webhooks.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def _bearer(headers: Mapping[str, str]) -> str:
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+async def _read(scope: Scope, receive: Receive) -> Request:
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ApiError(413, "PAYLOAD_TOO_LARGE", f"Body over {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    query = scope.get("query_string", b"").decode("latin-1")
+    return Request(
+        method=scope["method"],
+        path=scope["path"],
+        query=dict(reversed(parse_qsl(query, keep_blank_values=True))),
+        headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]},
+        body=b"".join(chunks),
+    )
+
+
+async def _send(send: Send, response: Response) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(response.body)).encode()),
+    ]
+    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": response.body})

@@ -1,0 +1,98 @@
+"""The fake HealthDock as the reconciler's upstream, served in process (ASGI transport)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from fake_healthdock import FakeHealthDock, Faults, create_app
+from mirror.events import Resource
+from sync.client import HealthDockClient
+
+API_KEY = "test-api-key"
+_names = itertools.count(1)
+
+
+class Upstream:
+    """What the tests do to HealthDock, and what they read back as the truth."""
+
+    def __init__(self, fake: FakeHealthDock) -> None:
+        self.fake = fake
+        self.app = create_app(fake)
+
+    def client(self, reserve: float = 0.2) -> HealthDockClient:
+        return HealthDockClient(
+            "http://healthdock.test/v1",
+            API_KEY,
+            reserve=reserve,
+            attempts=10,
+            # Retries back off for real, but briefly: the faults are seeded, not timing.
+            max_backoff_seconds=0.05,
+            transport=httpx.ASGITransport(app=self.app),
+        )
+
+    def records(self, resource: Resource) -> Iterator[dict[str, Any]]:
+        source = self.fake.patients() if resource is Resource.PATIENT else self.fake.appointments()
+        for record in source:
+            yield msgspec.to_builtins(record)
+
+    def create_patient(self) -> str:
+        number = next(_names)
+        return self.fake.create_patient(
+            {
+                "first_name": "Meera",
+                "last_name": f"Nair{number}",
+                "date_of_birth": "1991-04-02",
+                "gender": "F",
+                "phone": f"+9198{number:08d}",
+            }
+        ).id
+
+    def update_any_patient(self) -> str:
+        patient = next(self.fake.patients())
+        self.fake.update_patient(patient.id, {"phone": "+919811111111"})
+        return patient.id
+
+    def delete_any_patient(self) -> str:
+        patient = list(itertools.islice(self.fake.patients(), 5))[-1]
+        self.fake.delete_patient(patient.id)
+        return patient.id
+
+    def delete_patients(self, count: int) -> None:
+        for patient in list(itertools.islice(self.fake.patients(), count)):
+            self.fake.delete_patient(patient.id)
+
+    def set_faults(self, **rates: float) -> None:
+        self.fake.faults = Faults(**rates)
+
+    def rate_limited_count(self) -> int:
+        return self.fake.stats.rate_limited
+
+
+@pytest.fixture
+def upstream() -> Upstream:
+    return Upstream(
+        FakeHealthDock(
+            seed=7, patients=250, appointments_per_patient=1.5, api_key=API_KEY, rate_limit=None
+        )
+    )
+
+
+@pytest.fixture
+def rate_limited() -> Upstream:
+    """A small limit: 12 requests a second; at a 20% reserve the pass may use 9 or 10."""
+    return Upstream(
+        FakeHealthDock(
+            seed=3,
+            patients=120,
+            appointments_per_patient=1.0,
+            api_key=API_KEY,
+            rate_limit=12,
+            window_seconds=1,
+        )
+    )
