@@ -15,10 +15,9 @@ $(BIN)/healthdock-mirror: pyproject.toml
 
 install: $(BIN)/healthdock-mirror
 
-# Until the fake HealthDock lands, the demo is the receiver on the SQLite default, with a
-# demo-only webhook secret unless you give one (the service itself has no default secret).
+# The receiver, the scheduler and a local fake HealthDock, on the embedded SQLite default.
 demo: install
-	HEALTHDOCK_WEBHOOK_SECRET="$${HEALTHDOCK_WEBHOOK_SECRET:-demo-secret}" $(BIN)/healthdock-mirror serve
+	$(BIN)/healthdock-mirror demo
 
 serve: install
 	$(BIN)/healthdock-mirror serve

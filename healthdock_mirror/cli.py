@@ -7,7 +7,7 @@ import contextlib
 import functools
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -31,8 +31,10 @@ def _configure_logging(settings: Settings) -> None:
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # Alembic announces its dialect on every schema check (readyz); keep that out of the log.
-    logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
+    # Alembic announces its dialect on every schema check (readyz); APScheduler every job.
+    # httpx logs each request's URL, and a URL's query can hold a search term: never.
+    for noisy in ("alembic.runtime.migration", "apscheduler", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @click.group()
@@ -76,7 +78,9 @@ def serve(host: str | None, port: int | None, access_log: bool, scheduler: bool)
             "HEALTHDOCK_API_KEY is not set: serving without the reconcile scheduler"
         )
     elif scheduler:
-        services.append(functools.partial(_scheduling, settings))
+        from sync.schedule import running_scheduler
+
+        services.append(functools.partial(running_scheduler, settings))
     uvicorn.run(
         create_app(settings, services=services),
         host=settings.host,
@@ -86,19 +90,6 @@ def serve(host: str | None, port: int | None, access_log: bool, scheduler: bool)
         # uvicorn would otherwise replace the logging set up above.
         log_config=None,
     )
-
-
-@contextlib.asynccontextmanager
-async def _scheduling(settings: Settings, engine: Engine) -> AsyncIterator[None]:
-    """The reconcile jobs, running on the caller's event loop while the context is open."""
-    from sync.schedule import build_scheduler
-
-    scheduler = build_scheduler(settings, engine)
-    scheduler.start()
-    try:
-        yield
-    finally:
-        scheduler.shutdown(wait=False)
 
 
 @main.command()
@@ -115,7 +106,9 @@ def worker() -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        async with _scheduling(settings, engine):
+        from sync.schedule import running_scheduler
+
+        async with running_scheduler(settings, engine):
             await stop.wait()
 
     with _database(settings) as engine:
@@ -210,3 +203,24 @@ def sync(resource: str | None, allow_mass_delete: bool) -> None:
         console.print(f"[red]{result.resource}: {result.outcome}: {result.error}[/red]")
     if problems:
         raise SystemExit(1)
+
+
+@main.command()
+@click.option("--port", type=int, help="Port for the receiver (default HEALTHDOCK_PORT, 8080).")
+def demo(port: int | None) -> None:
+    """Everything on the embedded SQLite default, against a local fake HealthDock."""
+    import uvicorn
+
+    from healthdock_mirror.demo import demo_services, demo_settings
+    from receiver import create_app
+
+    settings = demo_settings(_settings(port=port))
+    _configure_logging(settings)
+    _ensure_schema(settings)
+    click.echo(
+        f"receiver on http://{settings.host}:{settings.port}; mirror at {settings.database_url}\n"
+        "the fake HealthDock changes 2 records a second and loses a fifth of its webhooks;\n"
+        "the reconciler runs every 30 s. Query the mirror while it runs. Ctrl-C stops."
+    )
+    app = create_app(settings, services=demo_services(settings))
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", log_config=None)

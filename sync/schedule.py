@@ -9,7 +9,9 @@ succeed (rate limits, errors, the database away) is tried again after
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -73,3 +75,14 @@ def build_scheduler(settings: Settings, engine: Engine) -> AsyncIOScheduler:
         coalesce=True,
     )
     return scheduler
+
+
+@contextlib.asynccontextmanager
+async def running_scheduler(settings: Settings, engine: Engine) -> AsyncIterator[None]:
+    """The reconcile jobs, running on the caller's event loop while the context is open."""
+    scheduler = build_scheduler(settings, engine)
+    scheduler.start()
+    try:
+        yield
+    finally:
+        scheduler.shutdown(wait=False)
