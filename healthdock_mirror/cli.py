@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -197,7 +198,8 @@ def sync(resource: str | None, allow_mass_delete: bool) -> None:
             str(result.records), str(result.created), str(result.updated),
             str(result.tombstoned), str(result.candidates),
         )  # fmt: skip
-    Console().print(table)
+    # Piped into a file or a script, rich would squeeze the table into 80 columns.
+    Console(width=None if sys.stdout.isatty() else 140).print(table)
     problems = [r for r in results if r.outcome != SUCCESS]
     for result in problems:
         console.print(f"[red]{result.resource}: {result.outcome}: {result.error}[/red]")
