@@ -1,0 +1,122 @@
+"""dlt's ``rest_api`` source loading the fake HealthDock's patients: the comparison for part (a).
+
+Run by ``bench/sync/run.py`` as a script in its own process, like our ``healthdock-mirror sync
+patients``, and timed the same way (the whole command). It imports nothing of the project.
+dlt's defaults are kept (sequential page fetching, one normalize worker, ``append``), apart
+from what the API needs: page-number pagination from page 1 with ``page``/``limit``, the
+total from ``data.pagination.total_pages``, the records from ``data.patients``, and a
+bearer token.
+
+    python bench/sync/dlt_load.py --base-url http://127.0.0.1:8251 --api-key fake-api-key \\
+        --destination sqlite:////tmp/x.db --pipelines-dir /tmp/dlt-pipelines
+
+Set ``RUNTIME__DLTHUB_TELEMETRY=false`` in the environment (the runner does): dlt otherwise
+reports every run to its telemetry endpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+RESULT_MARKER = "BENCH_RESULT "
+PAGE_SIZE = 100
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base-url", required=True, help="the fake's root, without /v1")
+    parser.add_argument("--api-key", required=True)
+    parser.add_argument(
+        "--destination",
+        required=True,
+        help="sqlite:///<path> (dlt's sqlalchemy destination) or postgresql://... (postgres)",
+    )
+    parser.add_argument("--pipelines-dir", required=True, help="dlt's working directory")
+    parser.add_argument("--pipeline-name", default="bench_sync")
+    parser.add_argument(
+        "--dataset", default="", help="schema (postgres); default main (sqlite) / healthdock"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    began = time.monotonic()
+    import dlt
+    from dlt.sources.rest_api import rest_api_source
+
+    imported = time.monotonic()
+    if args.destination.startswith("sqlite"):
+        # The sqlalchemy destination keeps each dataset but "main" in a file of its own.
+        destination = dlt.destinations.sqlalchemy(credentials=args.destination)
+        dataset = args.dataset or "main"
+    else:
+        destination = dlt.destinations.postgres(credentials=_with_password(args.destination))
+        dataset = args.dataset or "healthdock"
+    source = rest_api_source(
+        {
+            "client": {
+                "base_url": args.base_url.rstrip("/") + "/v1/",
+                "auth": {"type": "bearer", "token": args.api_key},
+                "paginator": {
+                    "type": "page_number",
+                    "base_page": 1,
+                    "page_param": "page",
+                    "total_path": "data.pagination.total_pages",
+                },
+            },
+            "resources": [
+                {
+                    "name": "patients",
+                    "endpoint": {
+                        "path": "patients",
+                        "params": {"limit": PAGE_SIZE},
+                        "data_selector": "data.patients",
+                    },
+                }
+            ],
+        }
+    )
+    pipeline = dlt.pipeline(
+        pipeline_name=args.pipeline_name,
+        destination=destination,
+        dataset_name=dataset,
+        pipelines_dir=args.pipelines_dir,
+    )
+    info = pipeline.run(source)
+    finished = time.monotonic()
+    rows = pipeline.last_trace.last_normalize_info.row_counts if pipeline.last_trace else {}
+    print(
+        RESULT_MARKER
+        + json.dumps(
+            {
+                "dlt_version": dlt.__version__,
+                "dataset": dataset,
+                "import_s": imported - began,
+                "run_s": finished - imported,
+                "row_counts": dict(rows or {}),
+                "has_failed_jobs": bool(info.has_failed_jobs),
+            }
+        ),
+        flush=True,
+    )
+    return 1 if info.has_failed_jobs else 0
+
+
+def _with_password(url: str) -> str:
+    """dlt's postgres destination insists on a password; trust authentication (the benchmark's
+    default server) never asks for it, so a URL without one gets a placeholder."""
+    parts = urlsplit(url)
+    if parts.password is not None or not parts.username:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:unused@{host}"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
