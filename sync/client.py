@@ -61,7 +61,7 @@ class ClientStats:
 
     requests: int = 0
     rate_limited: int = 0
-    retries: int = 0
+    errors: int = 0  # failures worth a retry (5xx, transport, bad body); 429s are counted apart
     remaining: int | None = None  # the budget left in the window, as last reported
     by_status: dict[int, int] = field(default_factory=dict)
 
@@ -130,8 +130,6 @@ class HealthDockClient:
         try:
             async for attempt in retrying:
                 with attempt:
-                    if attempt.retry_state.attempt_number > 1:
-                        self.stats.retries += 1
                     return await self._attempt(resource, params, what)
         except _Retryable as error:
             raise UpstreamError(
@@ -154,12 +152,14 @@ class HealthDockClient:
         try:
             response = await self._http.get(f"{resource.value}s", params=params)
         except httpx.TransportError as error:
+            self._pacer.settle(None)
+            self.stats.errors += 1
             log.warning("%s: %s", what, type(error).__name__)
             raise _Retryable(type(error).__name__) from None
         status = response.status_code
         self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
         window = read_rate_limit(response.headers)
-        self._pacer.observe(window)
+        self._pacer.settle(window)
         if window is not None:
             self.stats.remaining = window.remaining
         if status == 429:
@@ -169,6 +169,7 @@ class HealthDockClient:
             log.warning("%s: rate limited, waiting %.1f s", what, wait)
             raise _RateLimited(wait)
         if status >= 500:
+            self.stats.errors += 1
             log.warning("%s: HealthDock answered %d", what, status)
             raise _Retryable(f"HealthDock answered {status}")
         if status != 200:
@@ -176,9 +177,14 @@ class HealthDockClient:
         try:
             document = response.json()
         except ValueError:
+            self.stats.errors += 1
             log.warning("%s: unreadable body (truncated?)", what)
             raise _Retryable("unreadable body") from None
-        return _page(document, f"{resource.value}s")
+        try:
+            return _page(document, f"{resource.value}s")
+        except _Retryable:
+            self.stats.errors += 1
+            raise
 
 
 def _page(document: Any, key: str) -> Page:

@@ -57,15 +57,22 @@ class Pacer:
             raise ValueError("reserve must be in [0, 1)")
         self._reserve = reserve
         self._window: RateLimit | None = None
-        self._sent_since_update = 0
+        # Sent and not yet answered: the server may not have counted them in what we know.
+        self._in_flight = 0
         self._next_slot = 0.0
         self._paused_until = 0.0
 
-    def observe(self, window: RateLimit | None) -> None:
-        """Take in what a response said; requests sent before it are already counted in it."""
-        if window is not None:
+    def settle(self, window: RateLimit | None) -> None:
+        """A request claimed with :meth:`reserve_slot` got its answer (``window``, if it said).
+
+        Answers can arrive out of order: within one window the smallest ``remaining`` is the
+        freshest, and a window that ends earlier than the one we know is over.
+        """
+        self._in_flight = max(0, self._in_flight - 1)
+        if window is None:
+            return
+        if _fresher(window, self._window):
             self._window = window
-            self._sent_since_update = 0
 
     def pause_until(self, moment: float) -> None:
         """After a 429: send nothing before ``moment``."""
@@ -76,14 +83,16 @@ class Pacer:
         start = max(now, self._paused_until, self._next_slot)
         window = self._window
         if window is None:
+            self._in_flight += 1
             self._next_slot = start
             return start - now
         if start >= window.reset_at:
             # A new window has begun: its budget is unknown until the next response.
             self._window = None
+            self._in_flight += 1
             self._next_slot = start
             return start - now
-        usable = window.remaining - self._sent_since_update - self._reserve * window.limit
+        usable = window.remaining - self._in_flight - self._reserve * window.limit
         if usable < 1:
             # Nothing left that is ours in this window: wait for the next one.
             start = window.reset_at
@@ -91,6 +100,12 @@ class Pacer:
             self._next_slot = start
             return start - now
         interval = (window.reset_at - start) / usable
-        self._sent_since_update += 1
+        self._in_flight += 1
         self._next_slot = start + interval
         return start - now
+
+
+def _fresher(window: RateLimit, known: RateLimit | None) -> bool:
+    if known is None or window.reset_at > known.reset_at:
+        return True
+    return window.reset_at == known.reset_at and window.remaining < known.remaining

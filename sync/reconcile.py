@@ -100,7 +100,7 @@ async def reconcile(
     result = PassResult(run.id, resource.value)
     requests_before = client.stats.requests
     limited_before = client.stats.rate_limited
-    retries_before = client.stats.retries
+    errors_before = client.stats.errors
     try:
         await _mark(engine, client, resource, options, run, result, progress)
         await _sweep(engine, client, resource, options, run, result)
@@ -112,7 +112,7 @@ async def reconcile(
     counts = {
         "requests": client.stats.requests - requests_before,
         "rate_limited": client.stats.rate_limited - limited_before,
-        "errors": client.stats.retries - retries_before,
+        "errors": client.stats.errors - errors_before,
     }
     finish = functools.partial(runs.finish, run_id=run.id, outcome=result.outcome,
                                counts=counts, error=result.error)  # fmt: skip

@@ -16,7 +16,7 @@ def test_unpaced_until_a_window_is_known() -> None:
 
 def test_budget_is_spread_evenly_over_the_window() -> None:
     pacer = Pacer(reserve=0.2)
-    pacer.observe(RateLimit(limit=100, remaining=100, reset_at=160.0))
+    pacer.settle(RateLimit(limit=100, remaining=100, reset_at=160.0))
     waits = [pacer.reserve_slot(now=100.0) for _ in range(4)]
     # 80 usable requests over 60 s: one every 0.75 s (approximately, as the budget shrinks).
     assert waits[0] == 0.0
@@ -26,9 +26,27 @@ def test_budget_is_spread_evenly_over_the_window() -> None:
 
 def test_reserve_is_left_for_other_clients() -> None:
     pacer = Pacer(reserve=0.2)
-    pacer.observe(RateLimit(limit=100, remaining=20, reset_at=130.0))
+    pacer.settle(RateLimit(limit=100, remaining=20, reset_at=130.0))
     # Only the reserve is left: wait for the next window.
     assert pacer.reserve_slot(now=100.0) == pytest.approx(30.0)
+
+
+def test_requests_in_flight_count_against_the_budget() -> None:
+    pacer = Pacer(reserve=0.2)
+    pacer.settle(RateLimit(limit=100, remaining=30, reset_at=200.0))
+    # 30 left, 20 of them reserved: ten may go before any of them is answered...
+    waits = [pacer.reserve_slot(now=100.0) for _ in range(10)]
+    assert max(waits) < 100.0
+    # ...and the eleventh waits for the next window.
+    assert pacer.reserve_slot(now=100.0) == pytest.approx(100.0)
+
+
+def test_a_late_answer_does_not_bring_back_spent_budget() -> None:
+    pacer = Pacer(reserve=0.0)
+    pacer.settle(RateLimit(limit=100, remaining=1, reset_at=200.0))
+    pacer.settle(RateLimit(limit=100, remaining=90, reset_at=200.0))  # served earlier
+    pacer.reserve_slot(now=100.0)
+    assert pacer.reserve_slot(now=100.0) == pytest.approx(100.0)
 
 
 def test_pause_after_429_delays_every_slot() -> None:
@@ -71,7 +89,7 @@ def test_simulated_fixed_window_server_never_answers_429(
         used += 1
         assert used <= limit, "the server would answer 429"
         per_window[window_start] = used
-        pacer.observe(RateLimit(limit, limit - used, window_start + window))
+        pacer.settle(RateLimit(limit, limit - used, window_start + window))
         now += 0.001  # the response takes a moment
     # Ours stays within our share of each window (one unpaced request may open a window).
     assert max(per_window.values()) <= max(1, limit - int(reserve * limit)) + 1
