@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
+import hypothesis
 import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
@@ -22,6 +23,10 @@ from receiver import create_app
 from tests.factories import SECRET
 
 POSTGRES_URL = os.environ.get("HEALTHDOCK_TEST_POSTGRES_URL")
+
+# Property tests check behaviour, not speed: no per-example deadline (CI machines are loaded).
+hypothesis.settings.register_profile("healthdock", deadline=None)
+hypothesis.settings.load_profile("healthdock")
 
 _BACKENDS = [
     "sqlite",

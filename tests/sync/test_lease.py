@@ -25,9 +25,9 @@ def test_only_one_holder_at_a_time(engine: Engine) -> None:
 
 
 def test_an_expired_lease_is_taken_over(engine: Engine) -> None:
-    assert take(engine, "dead-holder", ttl=0.2)
+    assert take(engine, "dead-holder", ttl=1.0)
     assert not take(engine, "b")
-    time.sleep(0.3)  # the holder stopped renewing: let its lease run out
+    time.sleep(1.2)  # the holder stopped renewing: let its lease run out
     assert take(engine, "b")
     assert not take(engine, "dead-holder")  # and it cannot have it back while b renews
 

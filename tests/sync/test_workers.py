@@ -25,7 +25,7 @@ def _aware(moment: datetime) -> datetime:
 def test_two_workers_never_reconcile_at_once(postgres_url: str, tmp_path: Path) -> None:
     upgrade(create_mirror_engine(postgres_url))
     fake = FakeHealthDock(seed=2, patients=300, api_key="k", rate_limit=None,
-                          faults=Faults(latency=(0.05, 0.1)))  # fmt: skip
+                          faults=Faults(latency=(0.1, 0.2)))  # fmt: skip
     with serve_in_thread(fake) as base_url:
         env = {**os.environ, "HEALTHDOCK_DATABASE_URL": postgres_url,
                "HEALTHDOCK_API_URL": f"{base_url}/v1", "HEALTHDOCK_API_KEY": "k",
