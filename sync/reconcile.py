@@ -114,10 +114,14 @@ async def reconcile(
         "rate_limited": client.stats.rate_limited - limited_before,
         "errors": client.stats.errors - errors_before,
     }
-    finish = functools.partial(runs.finish, run_id=run.id, outcome=result.outcome,
+    await _finish(engine, result, counts)
+    return result
+
+
+async def _finish(engine: Engine, result: PassResult, counts: dict[str, int]) -> None:
+    finish = functools.partial(runs.finish, run_id=result.run_id, outcome=result.outcome,
                                counts=counts, error=result.error)  # fmt: skip
     await asyncio.to_thread(write_transaction, engine, finish)
-    return result
 
 
 async def refresh(
@@ -152,9 +156,7 @@ async def refresh(
         result.outcome = runs.SUCCESS
     except UpstreamError as error:
         result.outcome, result.error = runs.INCOMPLETE, str(error)
-    finish = functools.partial(runs.finish, run_id=run.id, outcome=result.outcome, counts={},
-                               error=result.error)  # fmt: skip
-    await asyncio.to_thread(write_transaction, engine, finish)
+    await _finish(engine, result, {})
     return result
 
 

@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -18,6 +17,7 @@ from mirror.database import create_mirror_engine
 from mirror.migrate import is_current
 from mirror.schema import patients
 from tests.factories import SECRET, encode, event, patient, signed
+from tests.support.waiting import wait_until_ready
 
 
 def test_migrate_is_idempotent(database_url: str, monkeypatch: object) -> None:
@@ -73,15 +73,7 @@ def test_serve_on_a_fresh_sqlite_file_migrates_and_receives(tmp_path: Path) -> N
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "serve did not become ready"
-            time.sleep(0.05)
+        wait_until_ready(f"http://127.0.0.1:{port}/readyz", 20)
         body = encode(event("patient.created", patient("PAT42")))
         response = httpx.post(
             f"http://127.0.0.1:{port}/webhooks/healthdock", content=body, headers=signed(body)

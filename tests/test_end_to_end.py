@@ -6,11 +6,9 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import msgspec
 from click.testing import CliRunner
 from sqlalchemy import select
@@ -21,6 +19,7 @@ from mirror.database import create_mirror_engine
 from mirror.migrate import upgrade
 from mirror.schema import patients, sync_runs, webhook_events
 from tests.factories import SECRET
+from tests.support.waiting import wait_until_ready
 from tests.test_cli import _free_port
 
 API_KEY = "e2e-key"
@@ -97,15 +96,7 @@ def test_lost_duplicated_and_reordered_webhooks_are_healed_by_the_next_reconcile
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the receiver did not start"
-            time.sleep(0.05)
+        wait_until_ready(f"http://127.0.0.1:{port}/readyz", 30)
         with serve_in_thread(fake) as base_url:
             env = _env(database_url, f"{base_url}/v1")
             # Start from a mirror equal to HealthDock, then let changes arrive by webhook only.

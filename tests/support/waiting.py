@@ -1,0 +1,20 @@
+"""Waiting on a condition with a deadline, never a fixed sleep."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+
+def wait_until_ready(url: str, seconds: float = 30.0) -> None:
+    """Poll ``url`` (a readiness endpoint) until it answers 200, or fail after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(url).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"{url} did not become ready in {seconds:.0f} s"
+        time.sleep(0.05)
