@@ -145,7 +145,10 @@ def test_a_pass_cut_short_resumes_from_its_checkpoint(engine: Engine, upstream: 
     with engine.connect() as connection:
         cut = connection.execute(select(sync_runs)).one()
     assert cut.outcome == "running"
-    assert cut.checkpoint == {"page": 3}
+    # Cancellation lands at the next suspension: the fetch of page 4, or its database write
+    # (whose thread then commits page 4 with its checkpoint). Either is a consistent state.
+    applied = cut.checkpoint["page"]
+    assert applied in (3, 4)
 
     async def resumed() -> tuple[PassResult, int]:
         async with upstream.client() as client:
@@ -156,7 +159,7 @@ def test_a_pass_cut_short_resumes_from_its_checkpoint(engine: Engine, upstream: 
     assert result.run_id == cut.id
     assert result.outcome == "success"
     pages = -(-len(truth_of(upstream, Resource.PATIENT)) // 10)
-    assert requests == pages - 3  # only what was left
+    assert requests == pages - applied  # only what was left
     assert mirror_of(engine, Resource.PATIENT) == truth_of(upstream, Resource.PATIENT)
 
 
