@@ -13,15 +13,12 @@ numbers to bench/ingest/results/.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import http.client
 import json
 import os
 import platform
 import shlex
 import shutil
-import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -40,6 +37,7 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from bench.ingest.events import write_events
+from bench.processes import BenchError, die_with_parent, port_is_free, stop, unwind_on_signals
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -50,55 +48,6 @@ SERVERS = ("bare", "ours")
 RESULT_MARKER = "BENCH_RESULT "
 # Lines of a server's log that mean something went wrong during a run.
 LOG_PROBLEMS = ("WARNING", "ERROR", "CRITICAL", "Traceback")
-
-
-class BenchError(Exception):
-    """The benchmark cannot go on (a server did not start, wrk failed, ...)."""
-
-
-# --- processes ------------------------------------------------------------------------------
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it if this runner dies, even by SIGKILL."""
-    with suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _stop(process: subprocess.Popen[Any], grace_seconds: float = 20.0) -> int | None:
-    """Stop a child we started: SIGTERM (uvicorn drains and runs shutdown), then SIGKILL."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=grace_seconds)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
-
-
-def _unwind_on_signals() -> None:
-    """SIGINT, SIGTERM and SIGHUP unwind like Ctrl-C, so every `finally` stops its server."""
-
-    def handler(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    # Also SIGINT: a shell starts background jobs with it ignored, and Python keeps that.
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, handler)
-
-
-def _port_is_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def _wait_ready(process: subprocess.Popen[Any], host: str, port: int, log: Path) -> None:
@@ -131,7 +80,7 @@ def running_server(
     command: Sequence[str], env: dict[str, str], cwd: Path, host: str, port: int, log: Path
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A server started from ``command``, ready on ``/healthz``; always stopped on exit."""
-    if not _port_is_free(host, port):
+    if not port_is_free(host, port):
         raise BenchError(f"{host}:{port} is already in use; pick another --port")
     with log.open("wb") as log_file:
         process = subprocess.Popen(
@@ -141,7 +90,7 @@ def running_server(
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,  # the runner starts no threads, so it is safe
+            preexec_fn=die_with_parent,  # the runner starts no threads, so it is safe
             # Its own session: a Ctrl-C reaches only the runner, which then stops it in order.
             start_new_session=True,
         )
@@ -149,7 +98,7 @@ def running_server(
             _wait_ready(process, host, port, log)
             yield process
         finally:
-            _stop(process)
+            stop(process)
 
 
 def _process_cpu_seconds(pid: int) -> float:
@@ -239,14 +188,14 @@ def run_wrk(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        preexec_fn=_die_with_parent,  # the runner starts no threads, so it is safe
+        preexec_fn=die_with_parent,  # the runner starts no threads, so it is safe
     )
     began = time.monotonic()
     try:
         # Loading the events file happens before wrk's clock starts; allow for it.
         stdout, _ = process.communicate(timeout=seconds + 120)
     finally:
-        _stop(process, grace_seconds=5)
+        stop(process, grace_seconds=5)
     wall_s = time.monotonic() - began
     marker = next((line for line in stdout.splitlines() if line.startswith(RESULT_MARKER)), None)
     if process.returncode != 0 or marker is None:
@@ -692,7 +641,7 @@ def events_needed(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    _unwind_on_signals()
+    unwind_on_signals()
     command_line = shlex.join(
         [
             sys.executable,

@@ -20,7 +20,6 @@ Prints a Markdown table per part and writes the raw numbers to bench/sync/result
 from __future__ import annotations
 
 import argparse
-import ctypes
 import http.client
 import importlib.util
 import json
@@ -30,7 +29,6 @@ import platform
 import shlex
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -49,6 +47,8 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
+from bench.processes import BenchError, die_with_parent, port_is_free, stop, unwind_on_signals
+
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 DLT_SCRIPT = HERE / "dlt_load.py"
@@ -66,55 +66,6 @@ GOAL_RATELIMIT_SLACK = 1.10
 GOAL_MEMORY_RATIO = 1.3
 # Lines of a command's log that mean something went wrong during a run.
 LOG_PROBLEMS = ("WARNING", "ERROR", "CRITICAL", "Traceback")
-
-
-class BenchError(Exception):
-    """The benchmark cannot go on (the fake did not start, a migration failed, ...)."""
-
-
-# --- processes ------------------------------------------------------------------------------
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it if this runner dies, even by SIGKILL."""
-    with suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _stop(process: subprocess.Popen[Any], grace_seconds: float = 20.0) -> int | None:
-    """Stop a child we started: SIGTERM, then SIGKILL."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=grace_seconds)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
-
-
-def _unwind_on_signals() -> None:
-    """SIGINT, SIGTERM and SIGHUP unwind like Ctrl-C, so every `finally` stops its process."""
-
-    def handler(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    # Also SIGINT: a shell starts background jobs with it ignored, and Python keeps that.
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, handler)
-
-
-def _port_is_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -203,7 +154,7 @@ def run_measured(
             stdout=out,
             stderr=subprocess.STDOUT,
             # No other thread runs while it forks: the sampler and the watchdog start after.
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
             start_new_session=True,
         )
     began = time.monotonic()
@@ -238,7 +189,7 @@ def run_measured(
         for thread in threads:
             thread.join()
         if process.returncode is None:  # interrupted while it ran
-            _stop(process, grace_seconds=5)
+            stop(process, grace_seconds=5)
     text = log.read_text(errors="replace")
     marker = next((ln for ln in text.splitlines() if ln.startswith(RESULT_MARKER)), None)
     return Measured(
@@ -314,7 +265,7 @@ def running_fake(
     window_s: int = 60,
 ) -> Iterator[Fake]:
     """``python -m fake_healthdock`` in a process of its own, ready; always stopped on exit."""
-    if not _port_is_free(args.host, args.port):
+    if not port_is_free(args.host, args.port):
         raise BenchError(f"{args.host}:{args.port} is already in use; pick another --port")
     command = [
         sys.executable,
@@ -349,7 +300,7 @@ def running_fake(
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,  # no other thread runs now
+            preexec_fn=die_with_parent,  # no other thread runs now
             start_new_session=True,
         )
     try:
@@ -366,7 +317,7 @@ def running_fake(
                 time.sleep(0.1)
         yield Fake(base_url, process, shlex.join(command), log)
     finally:
-        _stop(process)
+        stop(process)
 
 
 # --- databases ------------------------------------------------------------------------------
@@ -890,7 +841,7 @@ def startup_probe(args: argparse.Namespace, workdir: Path, label: str) -> float:
     """Seconds from launching ``sync patients`` to its pass's start, measured on a port where
     nothing listens (so it ends at once, and spends none of the fake's rate limit)."""
     port = args.port + 1
-    if not _port_is_free(args.host, port):
+    if not port_is_free(args.host, port):
         return 1.0
     url = fresh_database("sqlite", workdir, label, args)
     base_url = f"http://{args.host}:{port}"
@@ -1316,7 +1267,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    _unwind_on_signals()
+    unwind_on_signals()
     command_line = shlex.join(
         [sys.executable, "-m", "bench.sync.run", *(argv if argv is not None else sys.argv[1:])]
     )
