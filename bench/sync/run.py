@@ -668,9 +668,9 @@ def summarize_throughput(runs: Sequence[ThroughputRun]) -> list[dict[str, Any]]:
                 continue
             ok = [r for r in tool_runs if r.records_per_s is not None]
             ratios = [
-                r.records_per_s / dlt_rate[r.round]
+                r.records_per_s / baseline
                 for r in ok
-                if r.records_per_s is not None and dlt_rate.get(r.round)
+                if r.records_per_s is not None and (baseline := dlt_rate.get(r.round))
             ]
             rows.append(
                 {
