@@ -70,10 +70,12 @@ _COLUMNS = (
 )  # fmt: skip
 _NAMES = [name for name, _ in _COLUMNS]
 _RETURNING = "ON CONFLICT (dedup_key, source) DO NOTHING RETURNING seq, source, dedup_key"
-# PostgreSQL: one statement over column arrays, whatever the number of rows.
+# PostgreSQL: one statement over column arrays, whatever the number of rows. Each row also
+# records its transaction's id, which orders the change feed (mirror.feed).
 _INSERT_UNNEST = (
-    f"INSERT INTO webhook_events ({', '.join(_NAMES)}) "
-    f"SELECT {', '.join(_NAMES)} FROM {unnest(_COLUMNS)} {_RETURNING}"
+    f"INSERT INTO webhook_events ({', '.join(_NAMES)}, txid) "
+    f"SELECT {', '.join(_NAMES)}, pg_current_xact_id()::text::bigint "
+    f"FROM {unnest(_COLUMNS)} {_RETURNING}"
 )
 
 

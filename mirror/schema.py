@@ -102,7 +102,11 @@ webhook_events = Table(
     Column("received_at", _Timestamp, nullable=False),
     Column("applied_at", _Timestamp),
     Column("headers", JSON, nullable=False),
-    Column("body", LargeBinary, nullable=False, comment="the raw bytes as received"),
+    Column("body", LargeBinary, comment="the raw bytes as received; NULL once pruned"),
+    Column("body_pruned_at", _Timestamp, comment="when retention removed the raw payload"),
+    # PostgreSQL only: the writing transaction's id. The change feed reads an event only once
+    # every transaction that could still commit a lower one has ended (see mirror.feed).
+    Column("txid", BigInteger, comment="writer's transaction id (PostgreSQL)"),
     UniqueConstraint("dedup_key", "source"),
     Index(None, "received_at"),
     # Only events that need an operator (pending, failed): small, and cheap to keep up to date.
@@ -113,6 +117,7 @@ webhook_events = Table(
         postgresql_where=text("status IN ('pending', 'failed')"),
     ),
     Index(None, "resource", "record_id"),
+    Index(None, "txid", "seq"),
 )
 
 sync_runs = Table(
