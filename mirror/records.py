@@ -116,6 +116,8 @@ _BOOKKEEPING = [
     ("source_version", "text"),
     ("mirrored_at", "timestamptz"),
 ]
+# Written only when given (a reconcile pass marks what it listed); NULL keeps the old value.
+_SEEN = ("seen_in_run", "bigint")
 
 
 class _Statements:
@@ -123,51 +125,53 @@ class _Statements:
 
     def __init__(self, resource: Resource) -> None:
         self.resource = resource
-        table = MIRRORED_TABLES[resource.value].name
+        self.table = table = MIRRORED_TABLES[resource.value].name
         self.dates = {name for name, convert in _TYPED[resource].items() if convert is _date}
         self.timestamps = {n for n, convert in _TYPED[resource].items() if convert is _datetime}
         typed = [
             (name, _POSTGRES_TYPES.get(convert, "text"))
             for name, convert in _TYPED[resource].items()
         ]
-        self.placeholders = BulkStatement(
-            ["id", "mirrored_at"],
-            sqlite=(
-                f"INSERT INTO {table} (id, mirrored_at) VALUES (:id, :mirrored_at) "
-                "ON CONFLICT (id) DO NOTHING"
-            ),
-            postgres=(
-                f"INSERT INTO {table} (id, mirrored_at) SELECT id, mirrored_at "
-                f"FROM {unnest([('id', 'text'), ('mirrored_at', 'timestamptz')])} "
-                "ON CONFLICT (id) DO NOTHING"
-            ),
-        )
-        self.lock = {
-            False: (
-                f"SELECT id, content_version, deleted_version FROM {table} "
-                "WHERE id IN (SELECT value FROM json_each(:ids))"
-            ),
+        content = [*typed, ("raw", "json"), ("content_version", "text")]
+        select = f"SELECT id, content_version, deleted_version FROM {table} WHERE "
+        self.read = {
+            "sqlite": select + "id IN (SELECT value FROM json_each(:ids))",
+            "postgresql": select + "id = ANY(:ids)",
             # FOR UPDATE serializes concurrent writers of a record on PostgreSQL; SQLite has
             # one writer at a time already (BEGIN IMMEDIATE).
-            True: (
-                f"SELECT id, content_version, deleted_version FROM {table} "
-                "WHERE id = ANY(:ids) ORDER BY id FOR UPDATE"
-            ),
+            "postgresql, locked": select + "id = ANY(:ids) ORDER BY id FOR UPDATE",
         }
-        # Only the delete changed: the row's last known content stays as it is.
-        self.delete_only = _update(table, _BOOKKEEPING)
-        self.content = _update(
-            table, [*typed, ("raw", "json"), ("content_version", "text"), *_BOOKKEEPING]
+        # Records the mirror has never seen are inserted whole. On SQLite nobody can insert
+        # between our read and this insert (one writer); on PostgreSQL somebody can, and the
+        # rows that come back missing from RETURNING go through the update path instead.
+        inserted = [("id", "text"), *content, *_BOOKKEEPING, _SEEN]
+        names = ", ".join(name for name, _ in inserted)
+        self.insert = BulkStatement(
+            [name for name, _ in inserted],
+            sqlite=f"INSERT INTO {table} ({names}) "
+            f"VALUES ({', '.join(f':{name}' for name, _ in inserted)})",
+            postgres=f"INSERT INTO {table} ({names}) SELECT {names} FROM {unnest(inserted)} "
+            "ON CONFLICT (id) DO NOTHING RETURNING id",
         )
+        # Only the delete changed: the row's last known content stays as it is.
+        self.delete_only = _update(table, [*_BOOKKEEPING, _SEEN])
+        self.content = _update(table, [*content, *_BOOKKEEPING, _SEEN])
+        self.seen = _update(table, [_SEEN])
 
 
 def _update(table: str, columns: Sequence[tuple[str, str]]) -> BulkStatement:
     names = [name for name, _ in columns]
+
+    def assign(name: str, value: str) -> str:
+        if name == _SEEN[0]:
+            return f"{name} = COALESCE({value}, {table}.{name})"
+        return f"{name} = {value}"
+
     return BulkStatement(
         ["id", *names],
-        sqlite=f"UPDATE {table} SET {', '.join(f'{n} = :{n}' for n in names)} WHERE id = :id",
+        sqlite=f"UPDATE {table} SET {', '.join(assign(n, f':{n}') for n in names)} WHERE id = :id",
         postgres=(
-            f"UPDATE {table} SET {', '.join(f'{n} = v.{n}' for n in names)} "
+            f"UPDATE {table} SET {', '.join(assign(n, f'v.{n}') for n in names)} "
             f"FROM {unnest([('id', 'text'), *columns])} WHERE {table}.id = v.id"
         ),
     )
@@ -176,15 +180,18 @@ def _update(table: str, columns: Sequence[tuple[str, str]]) -> BulkStatement:
 _STATEMENTS = {resource: _Statements(resource) for resource in Resource}
 
 
-def apply_writes(connection: Connection, writes: Sequence[RecordWrite]) -> list[str]:
+def apply_writes(
+    connection: Connection, writes: Sequence[RecordWrite], *, seen_in_run: int | None = None
+) -> list[str]:
     """Apply writes in order inside the caller's transaction; return each write's effect.
 
     Effects are those of ``mirror.guard`` (``created``, ``updated``, ``deleted``, ``restored``,
-    ``stale``), one per write, in the order given.
+    ``stale``), one per write, in the order given. With ``seen_in_run``, every record written
+    to, changed or not, is marked as listed by that reconcile pass.
     """
     effects: list[str] = ["" for _ in writes]
     driver = Driver.of(connection)
-    now = datetime.now(UTC)
+    stamp = driver.timestamp(datetime.now(UTC))
     for resource in Resource:
         positions = [i for i, write in enumerate(writes) if write.resource is resource]
         if not positions:
@@ -192,20 +199,77 @@ def apply_writes(connection: Connection, writes: Sequence[RecordWrite]) -> list[
         sql = _STATEMENTS[resource]
         # Sorted ids give every transaction the same lock order, so writers cannot deadlock.
         ids = sorted({writes[i].record_id for i in positions})
-        # A row for every id first, so that all of them can be locked before they are read.
-        stamp = driver.timestamp(now)
-        sql.placeholders.execute(connection, [{"id": i, "mirrored_at": stamp} for i in ids])
-        rows = driver.execute(connection, sql.lock[driver.postgres], {"ids": driver.ids(ids)})
-        before = {row[0]: RecordState(row[1], row[2]) for row in rows}
-        states = dict(before)
-        for i in positions:
-            write = writes[i]
-            state = states[write.record_id]
-            states[write.record_id], effects[i] = merge(
-                state, write.action, write.version, write.fields
-            )
-        _write_changes(connection, driver, sql, before, states, stamp)
+        present = _states(connection, driver, sql, ids, lock=False)
+        inserted = _insert_absent(connection, driver, sql, writes, positions, present, effects,
+                                  stamp, seen_in_run)  # fmt: skip
+        before = present
+        if driver.postgres:
+            # Locks are taken after the inserts, in id order, as every writer does: no cycles.
+            before = _states(connection, driver, sql, [i for i in ids if i not in inserted])
+        known = [i for i in positions if writes[i].record_id not in inserted]
+        after = _merge(writes, known, before, effects)
+        _write_changes(connection, driver, sql, before, after, stamp, seen_in_run)
     return effects
+
+
+def _states(
+    connection: Connection, driver: Driver, sql: _Statements, ids: Sequence[str], lock: bool = True
+) -> dict[str, RecordState]:
+    if not ids:
+        return {}
+    if not driver.postgres:
+        query = sql.read["sqlite"]
+    else:
+        query = sql.read["postgresql, locked" if lock else "postgresql"]
+    rows = driver.execute(connection, query, {"ids": driver.ids(ids)})
+    return {row[0]: RecordState(row[1], row[2]) for row in rows}
+
+
+def _insert_absent(
+    connection: Connection,
+    driver: Driver,
+    sql: _Statements,
+    writes: Sequence[RecordWrite],
+    positions: Sequence[int],
+    present: Mapping[str, RecordState],
+    effects: list[str],
+    stamp: object,
+    seen_in_run: int | None,
+) -> set[str]:
+    """Insert whole rows for the records the mirror has never seen; return their ids.
+
+    On PostgreSQL another writer may insert one of them first: it is left out of the result
+    and goes through the update path, under its row lock, like any known record.
+    """
+    absent = [i for i in positions if writes[i].record_id not in present]
+    if not absent:
+        return set()
+    new = _merge(writes, absent, {}, effects)
+    rows = [
+        _row(driver, sql, record_id, RecordState(), new[record_id], stamp, seen_in_run)
+        for record_id in sorted(new)
+    ]
+    result = sql.insert.execute(connection, rows)
+    if driver.postgres:
+        return {row[0] for row in result}
+    return set(new)
+
+
+def _merge(
+    writes: Sequence[RecordWrite],
+    positions: Sequence[int],
+    before: Mapping[str, RecordState],
+    effects: list[str],
+) -> dict[str, RecordState]:
+    """Each record's state after its writes (in order), from ``before`` or from nothing."""
+    states: dict[str, RecordState] = {}
+    for i in positions:
+        write = writes[i]
+        state = states.get(write.record_id) or before.get(write.record_id) or RecordState()
+        states[write.record_id], effects[i] = merge(
+            state, write.action, write.version, write.fields
+        )
+    return states
 
 
 def _write_changes(
@@ -215,31 +279,52 @@ def _write_changes(
     before: Mapping[str, RecordState],
     after: Mapping[str, RecordState],
     stamp: object,
+    seen_in_run: int | None,
 ) -> None:
-    content_rows, delete_rows = [], []
+    content_rows: list[dict[str, object]] = []
+    delete_rows: list[dict[str, object]] = []
+    seen_rows: list[dict[str, object]] = []
     for record_id, state in after.items():
         old = before[record_id]
         if state == old:
+            if seen_in_run is not None:
+                seen_rows.append({"id": record_id, _SEEN[0]: seen_in_run})
             continue
-        version = state.version
-        row: dict[str, object] = {
-            "id": record_id,
-            "deleted_version": state.deleted_version,
-            "deleted_at": driver.timestamp(_deleted_at(state)),
-            "source_version": instant_of_key(version) if version else None,
-            "mirrored_at": stamp,
-        }
-        if state.content_version == old.content_version:
-            delete_rows.append(row)
-            continue
-        typed = typed_columns(sql.resource, state.fields)
-        for name in sql.dates:
-            typed[name] = driver.date(typed[name])  # type: ignore[arg-type]
-        for name in sql.timestamps:
-            typed[name] = driver.timestamp(typed[name])  # type: ignore[arg-type]
-        row.update(typed, raw=driver.json(state.fields), content_version=state.content_version)
-        content_rows.append(row)
+        row = _row(driver, sql, record_id, old, state, stamp, seen_in_run)
+        (content_rows if "content_version" in row else delete_rows).append(row)
     if content_rows:
         sql.content.execute(connection, content_rows)
     if delete_rows:
         sql.delete_only.execute(connection, delete_rows)
+    if seen_rows:
+        sql.seen.execute(connection, seen_rows)
+
+
+def _row(
+    driver: Driver,
+    sql: _Statements,
+    record_id: str,
+    old: RecordState,
+    state: RecordState,
+    stamp: object,
+    seen_in_run: int | None,
+) -> dict[str, object]:
+    """The columns that change from ``old`` to ``state``: the content ones only if it changed."""
+    version = state.version
+    row: dict[str, object] = {
+        "id": record_id,
+        "deleted_version": state.deleted_version,
+        "deleted_at": driver.timestamp(_deleted_at(state)),
+        "source_version": instant_of_key(version) if version else None,
+        "mirrored_at": stamp,
+        _SEEN[0]: seen_in_run,
+    }
+    if state.content_version == old.content_version and old.exists:
+        return row
+    typed = typed_columns(sql.resource, state.fields)
+    for name in sql.dates:
+        typed[name] = driver.date(typed[name])  # type: ignore[arg-type]
+    for name in sql.timestamps:
+        typed[name] = driver.timestamp(typed[name])  # type: ignore[arg-type]
+    row.update(typed, raw=driver.json(state.fields), content_version=state.content_version)
+    return row

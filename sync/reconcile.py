@@ -36,7 +36,6 @@ from sqlalchemy import Engine, Select, func, or_, select
 from sqlalchemy.engine import Connection
 
 from mirror.database import read_transaction, write_transaction
-from mirror.driver import Driver
 from mirror.eventlog import APPLIED, RECONCILE, IncomingEvent, Outcome, store_events
 from mirror.events import Event, PayloadError, RecordWrite, Resource, record_write
 from mirror.guard import CREATED, DELETED, RESTORED, UPDATED
@@ -51,12 +50,16 @@ log = logging.getLogger(__name__)
 # A record without updated_at or created_at can only fill a gap, never overwrite an event.
 _NO_VERSION = "0001-01-01T00:00:00Z"
 _CANDIDATE_CHUNK = 500
+# Pages written in one transaction at most: few enough that a transaction stays short (the
+# receiver shares SQLite's single writer), enough to spread a commit over many records.
+_PAGES_PER_TRANSACTION = 10
+_DONE = 0  # page numbers start at 1: this one tells the writer the fetchers are finished
 
 
 @dataclass(frozen=True, slots=True)
 class PassOptions:
     page_size: int = 100
-    concurrency: int = 4
+    concurrency: int = 8
     mass_delete_share: float = 0.05
     mass_delete_floor: int = 10
     allow_mass_delete: bool = False
@@ -169,32 +172,70 @@ async def _mark(
     result: PassResult,
     progress: Progress | None,
 ) -> None:
-    applying = asyncio.Lock()
     state = _PageState(next_page=run.checkpoint + 1, checkpoint=run.checkpoint)
+    # Fetched pages wait here for the writer; bounded, so memory stays flat however many
+    # pages there are.
+    fetched: asyncio.Queue[tuple[int, Sequence[dict[str, Any]]]] = asyncio.Queue(
+        maxsize=2 * max(1, options.concurrency)
+    )
 
-    async def fetch_and_apply(number: int) -> None:
+    async def fetch(number: int) -> None:
         page = await client.page(resource, number, options.page_size)
         state.saw_total(page.total_pages)
-        async with applying:
-            checkpoint = state.applied(number)
-            apply = functools.partial(
-                _apply_page, resource=resource, run=run, records=page.records,
-                checkpoint=checkpoint,
-            )  # fmt: skip
-            counts = await asyncio.to_thread(write_transaction, engine, apply)
-        _count(result, counts, len(page.records))
+        await fetched.put((number, page.records))
+
+    async def fetcher() -> None:
+        while (number := state.take()) is not None:
+            await fetch(number)
+
+    async def writer() -> None:
+        # Whatever pages are waiting go into one transaction: one commit (and one fsync) for
+        # several pages, while the fetchers keep the next ones coming.
+        while True:
+            batch = [await fetched.get()]
+            while len(batch) < _PAGES_PER_TRANSACTION and not fetched.empty():
+                batch.append(fetched.get_nowait())
+            if batch[-1][0] == _DONE:
+                batch.pop()
+                await write(batch)
+                return
+            await write(batch)
+
+    async def write(batch: list[tuple[int, Sequence[dict[str, Any]]]]) -> None:
+        if not batch:
+            return
+        checkpoint = state.applied([number for number, _ in batch])
+        records = [record for _, page in batch for record in page]
+        apply = functools.partial(
+            _apply_page, resource=resource, run=run, records=records, checkpoint=checkpoint,
+            pages=len(batch),
+        )  # fmt: skip
+        counts = await asyncio.to_thread(write_transaction, engine, apply)
+        _count(result, counts, len(records), pages=len(batch))
         if progress is not None:
             progress(state.checkpoint, state.total or 0)
 
-    async def worker() -> None:
-        while (number := state.take()) is not None:
-            await fetch_and_apply(number)
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            writing = tasks.create_task(writer())
+            # The first page says how many there are; then `concurrency` pages are in flight.
+            first = state.take()
+            if first is not None:
+                await fetch(first)
+            async with asyncio.TaskGroup() as fetching:
+                for _ in range(max(1, options.concurrency)):
+                    fetching.create_task(fetcher())
+            await fetched.put((_DONE, []))
+            await writing
+    except BaseExceptionGroup as group:
+        # The first failure ended the pass (the task group cancelled the rest): it is the one
+        # that says why, an UpstreamError making the pass incomplete.
+        raise _first_leaf(group) from None
 
-    # The first page says how many there are; then up to `concurrency` pages are in flight.
-    first = state.take()
-    if first is not None:
-        await fetch_and_apply(first)
-    await asyncio.gather(*(worker() for _ in range(max(1, options.concurrency))))
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 @dataclass(slots=True)
@@ -217,8 +258,8 @@ class _PageState:
         # Drift may grow the total while we page: keep going to the largest one seen.
         self.total = max(self.total or 0, total_pages)
 
-    def applied(self, number: int) -> int:
-        self.done.add(number)
+    def applied(self, numbers: Sequence[int]) -> int:
+        self.done.update(numbers)
         while self.checkpoint + 1 in self.done:
             self.checkpoint += 1
             self.done.discard(self.checkpoint)
@@ -232,14 +273,13 @@ def _apply_page(
     records: Sequence[dict[str, Any]],
     checkpoint: int,
     mark: bool = True,
+    pages: int = 1,
 ) -> dict[str, int]:
     writes = [write for write in map(lambda r: _api_write(resource, r), records) if write]
-    effects = apply_writes(connection, writes)
-    if mark:
-        _mark_seen(connection, resource, run.id, [write.record_id for write in writes])
+    effects = apply_writes(connection, writes, seen_in_run=run.id if mark else None)
     counts = _record_changes(connection, run, writes, effects)
     runs.record_progress(
-        connection, run.id, {**counts, "pages": 1, "records": len(records)}, checkpoint
+        connection, run.id, {**counts, "pages": pages, "records": len(records)}, checkpoint
     )
     return counts
 
@@ -252,18 +292,6 @@ def _api_write(resource: Resource, record: dict[str, Any]) -> RecordWrite | None
         # One malformed record must not stop the pass; it is skipped and logged (no data).
         log.warning("skipping a %s from the API: %s", resource.value, error)
         return None
-
-
-def _mark_seen(connection: Connection, resource: Resource, run_id: int, ids: Sequence[str]) -> None:
-    if not ids:
-        return
-    driver = Driver.of(connection)
-    table = MIRRORED_TABLES[resource.value].name
-    driver.execute(
-        connection,
-        f"UPDATE {table} SET seen_in_run = :run WHERE {driver.id_list('id', 'ids')}",  # noqa: S608
-        {"run": run_id, "ids": driver.ids(sorted(set(ids)))},
-    )
 
 
 _EVENT_OF_EFFECT = {CREATED: "created", UPDATED: "updated", RESTORED: "updated", DELETED: "deleted"}

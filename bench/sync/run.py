@@ -1198,7 +1198,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     group.add_argument("--rounds", type=int, default=5, help="ours/dlt pairs per database")
     group.add_argument("--patients", type=int, default=20_000, help="patients, no latency")
     group.add_argument(
-        "--latency-patients", type=int, default=5_000, help="patients, latency scenario"
+        "--latency-patients", type=int, default=20_000, help="patients, latency scenario"
     )
     group.add_argument("--no-dlt", action="store_true", help="run ours alone")
     group = parser.add_argument_group("(b) rate limit")
@@ -1212,7 +1212,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     group.add_argument("--mem-sizes", default="10000,200000", help="comma-separated patients")
     group.add_argument("--mem-rounds", type=int, default=1, help="runs per size")
     group = parser.add_argument_group("ours")
-    group.add_argument("--concurrency", type=int, default=4, help="HEALTHDOCK_SYNC_CONCURRENCY")
+    group.add_argument(
+        "--concurrency", type=int, default=8, help="HEALTHDOCK_SYNC_CONCURRENCY (8: the default)"
+    )
     group.add_argument("--reserve", type=float, default=0.2, help="HEALTHDOCK_SYNC_RATE_RESERVE")
     group = parser.add_argument_group("setup")
     group.add_argument("--host", default="127.0.0.1")

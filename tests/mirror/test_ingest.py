@@ -181,10 +181,11 @@ def test_an_event_that_cannot_be_applied_is_stored_as_failed_and_others_apply(
     # A real database refusing one row (here a trigger), not a mock of our code.
     with engine.begin() as connection:
         if engine.dialect.name == "sqlite":
-            connection.exec_driver_sql(
-                "CREATE TRIGGER refuse_poison BEFORE UPDATE ON patients WHEN NEW.id = 'POISON' "
-                "BEGIN SELECT RAISE(ABORT, 'refused'); END"
-            )
+            for operation in ("INSERT", "UPDATE"):
+                connection.exec_driver_sql(
+                    f"CREATE TRIGGER refuse_poison_{operation} BEFORE {operation} ON patients "
+                    "WHEN NEW.id = 'POISON' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+                )
         else:
             connection.exec_driver_sql(
                 "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ "
@@ -192,7 +193,7 @@ def test_an_event_that_cannot_be_applied_is_stored_as_failed_and_others_apply(
                 "RETURN NEW; END $$"
             )
             connection.exec_driver_sql(
-                "CREATE TRIGGER refuse_poison BEFORE UPDATE ON patients "
+                "CREATE TRIGGER refuse_poison BEFORE INSERT OR UPDATE ON patients "
                 "FOR EACH ROW EXECUTE FUNCTION refuse_poison()"
             )
     batch = [
@@ -209,3 +210,39 @@ def test_an_event_that_cannot_be_applied_is_stored_as_failed_and_others_apply(
     assert stored["POISON"].attempts == 1
     assert "apply failed" in stored["POISON"].error
     assert stored["PAT1"].status == "applied"
+
+
+def test_concurrent_writers_of_the_same_new_records_converge(engine: Engine) -> None:
+    """Writers racing to create the same records (on PostgreSQL, inserts between another
+    writer's read and its insert) all succeed and leave the mirror of in-order delivery."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    record_ids = [f"RACE{n}" for n in range(40)]
+    stream = [
+        event(event_type, data, moment, f"race-{event_type}-{record_id}-{moment}")
+        for record_id in record_ids
+        for event_type, data, moment in (
+            ("patient.created", patient(record_id, phone="1"), _TIMES[0]),
+            ("patient.updated", patient(record_id, phone="2"), _TIMES[2]),
+            ("patient.deleted", {"patient_id": record_id}, _TIMES[1]),
+        )
+    ]
+    for document in stream:
+        ingest(engine, [incoming(document)])
+    expected = mirror_rows(engine)
+    with engine.begin() as connection:
+        for table in (patients, appointments, webhook_events):
+            connection.execute(delete(table))
+
+    writers = 6
+    shuffled = [random.Random(seed).sample(stream, len(stream)) for seed in range(writers)]
+    batches = [
+        [incoming(document) for document in order[start : start + 15]]
+        for order in shuffled
+        for start in range(0, len(order), 15)
+    ]
+    with ThreadPoolExecutor(writers) as pool:
+        receipts = [r for batch in pool.map(lambda b: ingest(engine, b), batches) for r in batch]
+    assert {receipt.status for receipt in receipts} <= {"applied", "duplicate"}
+    assert mirror_rows(engine) == expected
