@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     intake_max_batch: int = Field(default=256, ge=1, le=10_000)
     database_timeout_seconds: float = Field(default=5.0, gt=0)
     log_level: str = "INFO"
+    # text for people reading a terminal; json (one object a line) for a log pipeline.
+    log_format: str = "text"
 
     # Reconciliation against the API.
     api_timeout_seconds: float = Field(default=30.0, gt=0)
@@ -80,6 +82,20 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError("use one of DEBUG, INFO, WARNING, ERROR")
         return level
+
+    @field_validator("log_format")
+    @classmethod
+    def _known_log_format(cls, value: str) -> str:
+        log_format = value.lower()
+        if log_format not in {"text", "json"}:
+            raise ValueError("use text or json")
+        return log_format
+
+    @field_validator("event_retention_days", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `HEALTHDOCK_EVENT_RETENTION_DAYS=` (as compose files write it) keeps payloads forever.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def webhook_secrets(self) -> tuple[bytes, ...]:

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.json import JsonFormatter
 from sqlalchemy import Engine
 
 from config import Settings, SettingsError, load_settings
@@ -28,10 +30,22 @@ def _settings(**overrides: Any) -> Settings:
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    if settings.log_format == "json":
+        # One object a line: timestamp (UTC, ISO 8601), level, logger, message, then any extras.
+        handler.setFormatter(
+            JsonFormatter(
+                "{levelname}{name}{message}",
+                style="{",
+                rename_fields={"levelname": "level", "name": "logger"},
+                # uvicorn's copy of each message with terminal colour codes: noise in JSON.
+                reserved_attrs=[*RESERVED_ATTRS, "color_message"],
+                timestamp=True,
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=settings.log_level, handlers=[handler])
     # Alembic announces its dialect on every schema check (readyz); APScheduler every job.
     # httpx logs each request's URL, and a URL's query can hold a search term: never.
     for noisy in ("alembic.runtime.migration", "apscheduler", "httpx", "httpcore"):
@@ -69,10 +83,12 @@ def serve(host: str | None, port: int | None, access_log: bool, scheduler: bool)
     import uvicorn
 
     from receiver import create_app
+    from receiver.metrics import Metrics
 
     settings = _settings(host=host, port=port)
     _configure_logging(settings)
     _ensure_schema(settings)
+    metrics = Metrics()
     services = []
     if scheduler and settings.api_key is None:
         logging.getLogger(__name__).warning(
@@ -81,9 +97,14 @@ def serve(host: str | None, port: int | None, access_log: bool, scheduler: bool)
     elif scheduler:
         from sync.schedule import running_scheduler
 
-        services.append(functools.partial(running_scheduler, settings))
+        # The scheduler's reconciles report HealthDock's rate budget to the receiver's metrics.
+        services.append(
+            functools.partial(
+                running_scheduler, settings, on_rate_budget=metrics.observe_rate_budget
+            )
+        )
     uvicorn.run(
-        create_app(settings, services=services),
+        create_app(settings, services=services, metrics=metrics),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),

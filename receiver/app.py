@@ -14,8 +14,10 @@ from config import Settings
 from mirror.database import create_mirror_engine
 from mirror.migrate import head_revision, is_current
 from receiver.errors import EXCEPTION_HANDLERS
+from receiver.feed import read_events
 from receiver.health import healthz, readyz
 from receiver.intake import Intake
+from receiver.metrics import Metrics, metrics_endpoint
 from receiver.webhooks import receive_webhook
 
 
@@ -27,10 +29,15 @@ class SchemaNotCurrent(Exception):
 Service = Callable[[Engine], AbstractAsyncContextManager[None]]
 
 
-def create_app(settings: Settings, *, services: Sequence[Service] = ()) -> Litestar:
+def create_app(
+    settings: Settings, *, services: Sequence[Service] = (), metrics: Metrics | None = None
+) -> Litestar:
     """The receiver for ``settings``. Its lifespan starts (and stops, in reverse) an engine for
     readiness checks, the intake with its committer process, which owns the writes, and
     ``services``."""
+
+    # Per app: several apps in one process (tests) never share counts.
+    metrics = metrics or Metrics()
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -52,6 +59,7 @@ def create_app(settings: Settings, *, services: Sequence[Service] = ()) -> Lites
             app.state.intake = intake
             try:
                 async with contextlib.AsyncExitStack() as stack:
+                    stack.enter_context(metrics.collecting(engine))
                     for service in services:
                         await stack.enter_async_context(service(engine))
                     yield
@@ -61,7 +69,7 @@ def create_app(settings: Settings, *, services: Sequence[Service] = ()) -> Lites
             engine.dispose()
 
     app = Litestar(
-        route_handlers=[receive_webhook, healthz, readyz],
+        route_handlers=[receive_webhook, healthz, readyz, metrics_endpoint, read_events],
         lifespan=[lifespan],
         exception_handlers=dict(EXCEPTION_HANDLERS),
         request_max_body_size=settings.max_body_bytes,
@@ -72,4 +80,5 @@ def create_app(settings: Settings, *, services: Sequence[Service] = ()) -> Lites
     )
     app.state.settings = settings
     app.state.schema_head = head_revision()
+    app.state.metrics = metrics
     return app

@@ -6,20 +6,24 @@ encoded here, which keeps the per-request overhead close to a bare endpoint's.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from litestar import Request, post
+from litestar.exceptions import HTTPException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.response.base import ASGIResponse
 
 from config import Settings
+from mirror.database import DatabaseUnavailable
 from mirror.eventlog import WEBHOOK, IncomingEvent, dedup_key, storable_headers
 from mirror.events import PayloadError, parse_event
 from mirror.ingest import Receipt
-from receiver.intake import Intake
-from receiver.signature import SIGNATURE_HEADER, verify
+from receiver.intake import Intake, IntakeClosed
+from receiver.metrics import BAD_REQUEST, TOO_LARGE, UNAVAILABLE, Metrics
+from receiver.signature import SIGNATURE_HEADER, SignatureError, verify
 
 _SIGNATURE_HEADER = SIGNATURE_HEADER.lower().encode("latin-1")
 
@@ -63,6 +67,28 @@ def _answer(receipt: Receipt) -> ASGIResponse:
     responses={200: ResponseSpec(data_container=AcknowledgementEnvelope, description="Stored")},
 )
 async def receive_webhook(request: Request[Any, Any, Any]) -> ASGIResponse:
+    arrived = time.perf_counter()
+    metrics: Metrics = request.app.state.metrics
+    try:
+        event_type, receipt = await _receive(request)
+    except SignatureError:
+        metrics.signature_failed()
+        raise
+    except PayloadError:
+        metrics.rejected(BAD_REQUEST)
+        raise
+    except HTTPException as error:
+        if error.status_code == 413:
+            metrics.rejected(TOO_LARGE)
+        raise
+    except (DatabaseUnavailable, IntakeClosed, TimeoutError):
+        metrics.rejected(UNAVAILABLE)
+        raise
+    metrics.acknowledged(event_type, receipt.status, time.perf_counter() - arrived)
+    return _answer(receipt)
+
+
+async def _receive(request: Request[Any, Any, Any]) -> tuple[str, Receipt]:
     settings: Settings = request.app.state.settings
     intake: Intake = request.app.state.intake
     body = await request.body()
@@ -81,4 +107,4 @@ async def receive_webhook(request: Request[Any, Any, Any]) -> ASGIResponse:
         ),
         received_at=datetime.now(UTC),
     )
-    return _answer(await intake.submit(item))
+    return event.event_type, await intake.submit(item)

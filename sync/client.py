@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,14 @@ from sync.pacer import Pacer, read_rate_limit, retry_after
 log = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 100
+
+# Told (limit, remaining, reset at) whenever HealthDock reports its rate limit. A context
+# variable, not a parameter: clients are made deep inside the scheduler's jobs, whose tasks
+# inherit the context the scheduler started in (see sync.schedule.running_scheduler).
+RateBudgetListener = Callable[[int, int, float], None]
+rate_budget_listener: ContextVar[RateBudgetListener | None] = ContextVar(
+    "rate_budget_listener", default=None
+)
 
 
 class UpstreamError(Exception):
@@ -95,6 +104,7 @@ class HealthDockClient:
         self._clock = clock
         self._sleep = sleep
         self.stats = ClientStats()
+        self._report_budget = rate_budget_listener.get()
 
     async def __aenter__(self) -> HealthDockClient:
         return self
@@ -162,6 +172,8 @@ class HealthDockClient:
         self._pacer.settle(window)
         if window is not None:
             self.stats.remaining = window.remaining
+            if self._report_budget is not None:
+                self._report_budget(window.limit, window.remaining, window.reset_at)
         if status == 429:
             self.stats.rate_limited += 1
             wait = retry_after(response.headers, self._clock()) or 1.0

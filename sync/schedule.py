@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 from config import Settings
 from mirror.database import DatabaseUnavailable
 from mirror.events import Resource
-from sync.client import UpstreamError
+from sync.client import RateBudgetListener, UpstreamError, rate_budget_listener
 from sync.job import LeaseHeld, run_reconcile, run_refresh
 from sync.runs import SUCCESS
 
@@ -78,11 +78,19 @@ def build_scheduler(settings: Settings, engine: Engine) -> AsyncIOScheduler:
 
 
 @contextlib.asynccontextmanager
-async def running_scheduler(settings: Settings, engine: Engine) -> AsyncIterator[None]:
-    """The reconcile jobs, running on the caller's event loop while the context is open."""
+async def running_scheduler(
+    settings: Settings, engine: Engine, *, on_rate_budget: RateBudgetListener | None = None
+) -> AsyncIterator[None]:
+    """The reconcile jobs, running on the caller's event loop while the context is open.
+
+    ``on_rate_budget`` is told every rate limit HealthDock reports to these jobs (``serve``
+    exports it as metrics); the jobs' tasks inherit it from this context.
+    """
+    listening = rate_budget_listener.set(on_rate_budget)
     scheduler = build_scheduler(settings, engine)
     scheduler.start()
     try:
         yield
     finally:
         scheduler.shutdown(wait=False)
+        rate_budget_listener.reset(listening)

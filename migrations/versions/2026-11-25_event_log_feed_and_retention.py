@@ -44,6 +44,12 @@ def upgrade() -> None:
         batch_op.create_index(
             batch_op.f("ix_webhook_events_txid_seq"), ["txid", "seq"], unique=False
         )
+    if op.get_bind().dialect.name == "postgresql":
+        # The change feed reads PostgreSQL rows in (txid, seq) order, below the horizon of
+        # ended transactions (mirror.feed). Every event stored before this revision is
+        # committed (ALTER TABLE waited for its writers): 0 puts them first, in seq order.
+        # Old writers still running after the upgrade would store NULL: stop them first.
+        op.execute("UPDATE webhook_events SET txid = 0 WHERE txid IS NULL")
 
 
 def downgrade() -> None:

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from litestar.testing import TestClient
+from sqlalchemy import select
 
+from config import SettingsError, load_settings
+from fake_healthdock import FakeHealthDock, serve_in_thread
 from mirror.database import create_mirror_engine
 from mirror.migrate import upgrade
+from mirror.schema import patients
 from receiver import create_app
 from tests.conftest import make_settings
 from tests.factories import (
@@ -18,11 +27,14 @@ from tests.factories import (
     PATIENT_DOB,
     PATIENT_NAME,
     PATIENT_PHONE,
+    SECRET,
     encode,
     event,
     patient,
     signed,
 )
+from tests.support.waiting import wait_until_ready
+from tests.test_cli import _free_port
 
 FORBIDDEN = [*PATIENT_NAME, PATIENT_PHONE, PATIENT_DOB, PATIENT_ABHA]
 
@@ -60,3 +72,82 @@ def test_no_patient_data_in_logs_on_any_path(
     for text in (logged, captured.out, captured.err):
         for value in FORBIDDEN:
             assert value not in text
+
+
+def _json_lines(text: str) -> list[dict[str, object]]:
+    """Every log line as an object; a line that is not JSON fails the test."""
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    for line in lines:
+        assert {"timestamp", "level", "logger", "message"} <= line.keys(), line
+    return lines
+
+
+def test_json_logs_at_debug_carry_no_patient_data(database_url: str, tmp_path: Path) -> None:
+    """A webhook POST to `serve` and a `sync`, each its own process configured as a hospital
+    would run it: JSON lines at DEBUG. Neither may log the patient it handled."""
+    upgrade(create_mirror_engine(database_url))
+    fake = FakeHealthDock(
+        seed=3, patients=0, appointments_per_patient=0, api_key="log-key", rate_limit=None
+    )
+    fake.create_patient(
+        {"first_name": PATIENT_NAME[0], "last_name": PATIENT_NAME[1], "gender": "M",
+         "date_of_birth": PATIENT_DOB, "phone": PATIENT_PHONE, "abha_number": PATIENT_ABHA}
+    )  # fmt: skip
+    port = _free_port()
+    with serve_in_thread(fake) as base_url:
+        env = {
+            **os.environ,
+            "HEALTHDOCK_DATABASE_URL": database_url,
+            "HEALTHDOCK_WEBHOOK_SECRET": SECRET.decode(),
+            "HEALTHDOCK_API_URL": f"{base_url}/v1",
+            "HEALTHDOCK_API_KEY": "log-key",
+            "HEALTHDOCK_LOG_FORMAT": "json",
+            "HEALTHDOCK_LOG_LEVEL": "DEBUG",
+        }
+        serve_log = tmp_path / "serve.log"
+        with serve_log.open("wb") as log_file:
+            receiver = subprocess.Popen(
+                [sys.executable, "-m", "healthdock_mirror", "serve", "--no-scheduler",
+                 "--port", str(port)],
+                env=env, cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            try:
+                wait_until_ready(f"http://127.0.0.1:{port}/readyz")
+                url = f"http://127.0.0.1:{port}/webhooks/healthdock"
+                good = encode(event("patient.created", patient("PAT777")))
+                assert httpx.post(url, content=good, headers=signed(good)).status_code == 200
+                assert httpx.post(url, content=good, headers=signed(good)).status_code == 200
+                assert httpx.post(url, content=good, headers=signed(b"x")).status_code == 401
+                bad = good.replace(b'"2024-01-12T10:30:00Z"', f'"{PATIENT_DOB}"'.encode())
+                assert httpx.post(url, content=bad, headers=signed(bad)).status_code == 400
+                assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 200
+            finally:
+                receiver.terminate()
+                receiver.wait(timeout=20)
+        # The reconcile heals the patient the webhooks never brought and tombstones PAT777,
+        # which HealthDock does not have: listing, confirming by id, writing.
+        reconcile = subprocess.run(
+            [sys.executable, "-m", "healthdock_mirror", "sync", "patients"],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    assert reconcile.returncode == 0, reconcile.stderr
+    served = serve_log.read_text()
+    # Everything `serve` wrote is a JSON log line; `sync` also draws its progress bar.
+    assert all(line.startswith("{") for line in served.splitlines() if line.strip()), served
+    assert any(line["logger"] == "uvicorn.error" for line in _json_lines(served))
+    assert _json_lines(reconcile.stderr)
+    with create_mirror_engine(database_url).connect() as connection:
+        mirrored = connection.execute(
+            select(patients.c.first_name).where(patients.c.deleted_at.is_(None))
+        ).scalars()
+        assert list(mirrored) == [PATIENT_NAME[0]]  # the data did pass through both processes
+    for text in (served, reconcile.stdout, reconcile.stderr):
+        for value in FORBIDDEN:
+            assert value not in text
+
+
+def test_log_format_setting_is_validated() -> None:
+    assert load_settings(_env_file=None, log_format="JSON").log_format == "json"
+    assert load_settings(_env_file=None).log_format == "text"
+    with pytest.raises(SettingsError, match="HEALTHDOCK_LOG_FORMAT: use text or json"):
+        load_settings(_env_file=None, log_format="xml")

@@ -1,0 +1,247 @@
+"""The change feed: every stored event exactly once, in an order that concurrent writers
+cannot break. Read-only.
+
+A position in the feed is ``(txid, seq)``. On SQLite every writer holds the database's one
+write lock (``BEGIN IMMEDIATE``) from its first insert to its commit, so ``seq`` is assigned in
+commit order and the position is ``(0, seq)``.
+
+On PostgreSQL ``seq`` comes from a sequence, taken at insert time: a transaction that inserted
+``seq = 10`` can commit after another that inserted ``seq = 11``. A reader at ``seq > 9`` that
+saw 11 first would move past 10 and never return it. So each row carries the id of the
+transaction that wrote it (``txid``, see ``mirror.eventlog``) and the feed is ordered by
+``(txid, seq)``, but only rows with ``txid`` below the snapshot's ``xmin`` are read: every
+transaction below that horizon has ended, and every transaction that starts later gets a
+larger id, so the part of the log below the horizon never changes again. A cursor into it
+cannot skip or repeat. The price: a writer transaction that stays open (anywhere on the
+server: transaction ids are cluster-wide) holds the horizon back, and the feed returns fewer
+events, never wrong ones, until it ends.
+
+The order is therefore that of the writers' transaction ids: a total order that agrees with
+commit order for transactions that did not overlap. Events of one record carry ``version``,
+the order that matters for that record.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from sqlalchemy import Engine, Row, func, literal, select, text, tuple_
+from sqlalchemy.engine import Connection
+
+from mirror.database import unavailable_as_error
+from mirror.schema import webhook_events
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+# A type filter examines at most this many events a request, so a rare type costs bounded work;
+# the cursor still moves past every event examined.
+FILTER_SCAN_ROWS = 10_000
+START_CURSOR = "0"
+
+_BIGINT_MAX = 2**63 - 1
+_CURSOR = re.compile(r"(0|[1-9][0-9]{0,18})\.([1-9][0-9]{0,18})")
+# Every transaction below this id has ended. Under REPEATABLE READ it describes the snapshot
+# that all of the read's statements see.
+_HORIZON = text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+
+
+_Row = Row[*tuple[Any, ...]]
+
+
+class FeedError(ValueError):
+    """A request the feed cannot answer (a garbled or unknown cursor, a bad limit)."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Position:
+    """Where an event stands in the feed; encoded as an opaque cursor."""
+
+    txid: int
+    seq: int
+
+
+_START = Position(0, 0)
+
+
+def encode_cursor(position: Position) -> str:
+    return START_CURSOR if position == _START else f"{position.txid}.{position.seq}"
+
+
+def decode_cursor(cursor: str | None) -> Position:
+    """The position of a cursor that :func:`encode_cursor` made; absent or ``0``: the start."""
+    if cursor is None or cursor == START_CURSOR:
+        return _START
+    match = _CURSOR.fullmatch(cursor)
+    if match is None or max(int(match[1]), int(match[2])) > _BIGINT_MAX:
+        raise FeedError("cursor is not one this feed issued: pass a next_cursor, or 0")
+    return Position(int(match[1]), int(match[2]))
+
+
+@dataclass(frozen=True, slots=True)
+class FeedEvent:
+    """One stored event as the feed presents it."""
+
+    seq: int
+    source: str
+    event_type: str
+    event_id: str | None
+    resource: str | None
+    record_id: str | None
+    version: str | None
+    status: str
+    effect: str | None
+    received_at: datetime
+    event_timestamp: str
+    payload: Any  # the body as received, decoded; None once retention pruned it
+
+
+@dataclass(frozen=True, slots=True)
+class FeedPage:
+    events: list[FeedEvent]
+    next_cursor: str  # where the next read starts; the same cursor when nothing was new
+    has_more: bool  # more events can be read right away from next_cursor
+
+
+def read_feed(
+    engine: Engine,
+    cursor: str | None = None,
+    *,
+    limit: int = DEFAULT_LIMIT,
+    event_types: Collection[str] = (),
+    scan_rows: int = FILTER_SCAN_ROWS,
+) -> FeedPage:
+    """Up to ``limit`` events after ``cursor`` (of ``event_types``, when given)."""
+    if not 1 <= limit <= MAX_LIMIT:
+        raise FeedError(f"limit must be between 1 and {MAX_LIMIT}")
+    after = decode_cursor(cursor)
+    postgres = engine.dialect.name == "postgresql"
+    # PostgreSQL: one snapshot for the horizon and the rows (see _HORIZON). SQLite: a read
+    # transaction that does not take the write lock.
+    options: dict[str, Any] = (
+        {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+        if postgres
+        else {"sqlite_begin": "DEFERRED"}
+    )
+    with (
+        unavailable_as_error(),
+        engine.connect().execution_options(**options) as connection,
+        connection.begin(),
+    ):
+        if after != _START and not _issued(connection, after):
+            raise FeedError("unknown cursor: pass a next_cursor this feed issued, or 0")
+        horizon = connection.execute(_HORIZON).scalar_one() if postgres else None
+        scan = max(limit, scan_rows) if event_types else limit
+        examined = _positions(connection, after, horizon, scan + 1)
+        return _page(connection, after, examined, limit, scan, frozenset(event_types))
+
+
+def _issued(connection: Connection, position: Position) -> bool:
+    """Every cursor but the start names an event the feed returned (or passed over)."""
+    found = connection.execute(
+        select(literal(1)).where(
+            webhook_events.c.seq == position.seq,
+            func.coalesce(webhook_events.c.txid, 0) == position.txid,
+        )
+    )
+    return found.first() is not None
+
+
+def _positions(
+    connection: Connection, after: Position, horizon: int | None, count: int
+) -> Sequence[_Row]:
+    """The next ``count`` events' positions and types after ``after``, in feed order."""
+    columns = webhook_events.c
+    query = select(columns.seq, columns.txid, columns.event_type)
+    if horizon is None:
+        query = query.where(columns.seq > after.seq).order_by(columns.seq)
+    else:
+        # Rows written before the txid column existed were backfilled with 0 by the migration.
+        query = query.where(
+            tuple_(columns.txid, columns.seq) > tuple_(literal(after.txid), literal(after.seq)),
+            columns.txid < horizon,
+        ).order_by(columns.txid, columns.seq)
+    return connection.execute(query.limit(count)).all()
+
+
+def _page(
+    connection: Connection,
+    after: Position,
+    examined: Sequence[_Row],
+    limit: int,
+    scan: int,
+    event_types: frozenset[str],
+) -> FeedPage:
+    chosen: list[int] = []
+    last = after
+    for index, row in enumerate(examined[:scan]):
+        last = Position(row.txid or 0, row.seq)
+        if event_types and row.event_type not in event_types:
+            continue
+        chosen.append(row.seq)
+        if len(chosen) == limit:
+            return FeedPage(
+                _events(connection, chosen), encode_cursor(last), index + 1 < len(examined)
+            )
+    return FeedPage(_events(connection, chosen), encode_cursor(last), len(examined) > scan)
+
+
+def _events(connection: Connection, seqs: list[int]) -> list[FeedEvent]:
+    if not seqs:
+        return []
+    columns = webhook_events.c
+    rows = connection.execute(
+        select(
+            columns.seq,
+            columns.source,
+            columns.event_type,
+            columns.event_id,
+            columns.resource,
+            columns.record_id,
+            columns.version,
+            columns.status,
+            columns.effect,
+            columns.received_at,
+            columns.event_timestamp,
+            columns.body,
+        ).where(columns.seq.in_(seqs))
+    )
+    by_seq = {row.seq: row for row in rows}
+    return [_event(by_seq[seq]) for seq in seqs]
+
+
+def _event(row: _Row) -> FeedEvent:
+    return FeedEvent(
+        seq=row.seq,
+        source=row.source,
+        event_type=row.event_type,
+        event_id=row.event_id,
+        resource=row.resource,
+        record_id=row.record_id,
+        version=row.version,
+        status=row.status,
+        effect=row.effect,
+        received_at=_utc(row.received_at),
+        event_timestamp=row.event_timestamp,
+        payload=_payload(row.body),
+    )
+
+
+def _utc(moment: datetime) -> datetime:
+    # SQLite hands back naive UTC, PostgreSQL an aware datetime in the session's zone.
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _payload(body: bytes | None) -> Any:
+    if body is None:
+        return None
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        # Only verified JSON bodies are stored; should one not decode, the feed must not stall
+        # on it, and the event's other fields still say what happened.
+        return None

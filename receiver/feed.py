@@ -1,0 +1,59 @@
+"""``GET /events``: the change feed over the event log, for internal consumers (admin token)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from litestar import Request, get
+from litestar.exceptions import ValidationException
+from litestar.params import Parameter, QueryParameter
+from sqlalchemy import Engine
+
+from mirror.feed import DEFAULT_LIMIT, MAX_LIMIT, FeedError, FeedPage, read_feed
+from receiver.admin import require_admin_token
+
+
+@dataclass(frozen=True, slots=True)
+class FeedEnvelope:
+    success: bool
+    data: FeedPage
+
+
+@get(
+    "/events",
+    summary="The change feed: every stored event once, in a stable order",
+    description=(
+        "Events of the event log (webhooks and changes a reconcile found, `source` says which) "
+        "after `after`, oldest first. Pass the answer's `next_cursor` as `after` next time; it "
+        "is opaque, and unchanged when nothing new arrived. `has_more`: more can be read right "
+        "away. `payload` is the event's body as received (null once retention pruned it). "
+        "Requires `Authorization: Bearer $HEALTHDOCK_ADMIN_TOKEN`."
+    ),
+    tags=["feed"],
+    guards=[require_admin_token],
+    sync_to_thread=True,
+)
+def read_events(
+    request: Request[Any, Any, Any],
+    after: str | None = Parameter(
+        default=None, description="a next_cursor from an earlier answer; absent or 0: the start"
+    ),
+    limit: int = Parameter(
+        default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="most events in the answer"
+    ),
+    event_type: Annotated[
+        str | None,
+        QueryParameter(
+            name="type",
+            description="only these event types (comma-separated), e.g. patient.created",
+        ),
+    ] = None,
+) -> FeedEnvelope:
+    engine: Engine = request.app.state.engine
+    types = {part.strip() for part in (event_type or "").split(",") if part.strip()}
+    try:
+        page = read_feed(engine, after, limit=limit, event_types=types)
+    except FeedError as error:
+        raise ValidationException(str(error)) from None
+    return FeedEnvelope(True, page)
