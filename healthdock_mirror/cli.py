@@ -229,6 +229,34 @@ def sync(resource: str | None, allow_mass_delete: bool) -> None:
 
 
 @main.command()
+@click.option(
+    "--runs", "run_count", type=click.IntRange(min=0), default=10, show_default=True,
+    help="How many of the latest sync runs to show.",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout, for scripts.")
+def status(run_count: int, as_json: bool) -> None:
+    """Counts, recent events, sync runs and what they healed, unapplied events, webhook lag."""
+    import json
+
+    from rich.console import Console
+
+    from healthdock_mirror.status import gather_status, render_tables, status_document
+
+    settings = _settings()
+    _configure_logging(settings)
+    # A migration note goes to stderr: stdout carries only the status (one JSON document).
+    with contextlib.redirect_stdout(sys.stderr):
+        _ensure_schema(settings)
+    with _database(settings) as engine:
+        facts = gather_status(engine, runs=run_count)
+    if as_json:
+        click.echo(json.dumps(status_document(facts), indent=2))
+        return
+    # Piped into a file or a script, rich would squeeze the tables into 80 columns.
+    render_tables(facts, Console(width=None if sys.stdout.isatty() else 160))
+
+
+@main.command()
 @click.option("--port", type=int, help="Port for the receiver (default HEALTHDOCK_PORT, 8080).")
 def demo(port: int | None) -> None:
     """Everything on the embedded SQLite default, against a local fake HealthDock."""
