@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     # The frequent short job: appointments of today and the coming days.
     sync_upcoming_minutes: float = Field(default=5.0, gt=0)
     sync_upcoming_days: int = Field(default=2, ge=0, le=31)
+    # Raw payloads of applied events are removed this many days after they were applied;
+    # unset keeps them forever. Failed, pending and ignored events always keep theirs.
+    event_retention_days: int | None = Field(default=None, gt=0)
 
     @field_validator("webhook_secret", mode="before")
     @classmethod

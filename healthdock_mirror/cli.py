@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
@@ -275,3 +276,146 @@ def demo(port: int | None) -> None:
     )
     app = create_app(settings, services=demo_services(settings))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", log_config=None)
+
+
+def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
+    """An ISO 8601 date or instant; without a zone it is UTC."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not ISO 8601 (e.g. 2024-01-12T10:30:00Z)") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+# What each outcome means, for the summary (same order as printed).
+_REPLAY_OUTCOMES = {
+    "created": "record created",
+    "updated": "record updated",
+    "deleted": "record tombstoned",
+    "restored": "tombstoned record restored",
+    "stale": "no change: the mirror already has this or a newer version",
+    "ignored": "event type not supported (kept for a later replay)",
+    "failed": "could not be applied (see its error)",
+    "skipped": "payload removed by retention: cannot replay",
+}
+
+
+@main.command()
+@click.option(
+    "--since", callback=_instant, help="Events received at or after (ISO 8601; UTC if no zone)."
+)
+@click.option(
+    "--until", callback=_instant, help="Events received before (ISO 8601; UTC if no zone)."
+)
+@click.option(
+    "--type", "event_types", multiple=True, help="Event type, e.g. patient.updated (repeatable)."
+)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(["pending", "applied", "ignored", "failed"]),
+    help="Stored status (repeatable), e.g. failed.",
+)
+@click.option(
+    "--source", type=click.Choice(["webhook", "reconcile"]), help="Where events came from."
+)
+@click.option(
+    "--seq",
+    "seqs",
+    multiple=True,
+    type=click.IntRange(min=1),
+    help="An event's seq in webhook_events (repeatable).",
+)
+@click.option("--event-id", "event_ids", multiple=True, help="An event's body id (repeatable).")
+@click.option("--all", "everything", is_flag=True, help="Every stored event (no selector).")
+@click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
+@click.option("--quiet", "-q", is_flag=True, help="List only failed and skipped events.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 10_000),
+    default=200,
+    show_default=True,
+    help="Events per transaction.",
+)
+def replay(
+    since: datetime | None, until: datetime | None, event_types: tuple[str, ...],
+    statuses: tuple[str, ...], source: str | None, seqs: tuple[int, ...],
+    event_ids: tuple[str, ...], everything: bool, dry_run: bool, quiet: bool, batch_size: int,
+) -> None:  # fmt: skip
+    """Re-apply stored events to the mirror, through the ordering guard.
+
+    Select events by time received, type, status, source or id (selectors combine with AND;
+    --seq and --event-id with OR). Old events never roll the mirror back: they come out
+    "stale". Each event's outcome is recorded on its row. Exit 1 if any event failed.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from mirror.replay import ReplayedEvent, Selection, SelectionError
+    from mirror.replay import replay as replay_events
+
+    settings = _settings()
+    _configure_logging(settings)
+    selection = Selection(
+        since=since, until=until, event_types=event_types, statuses=statuses, source=source,
+        seqs=seqs, event_ids=event_ids, everything=everything,
+    )  # fmt: skip
+    try:
+        selection.validate()
+    except SelectionError as error:
+        raise click.UsageError(str(error)) from None
+
+    def show(event: ReplayedEvent) -> None:
+        if quiet and event.outcome not in ("failed", "skipped"):
+            return
+        record = f"{event.resource}/{event.record_id}" if event.record_id else "-"
+        line = f"seq {event.seq}  {event.event_type}  {record}  {event.previous_status} -> "
+        line += event.outcome
+        if event.fields:
+            line += f"  fields: {', '.join(event.fields)}"
+        if event.error:
+            line += f"  error: {event.error}"
+        if event.previous_error and event.previous_error != event.error:
+            line += f"  (was: {event.previous_error})"
+        click.echo(line)
+
+    if dry_run:
+        click.echo("dry run: what a replay would do; nothing is written")
+    with _database(settings) as engine:
+        summary = replay_events(
+            engine, selection, dry_run=dry_run, batch_size=batch_size, on_event=show
+        )
+    if not summary.events:
+        click.echo("no stored event matches the selection")
+        return
+    table = Table(title="replay (dry run: nothing was written)" if dry_run else "replay")
+    table.add_column("outcome")
+    table.add_column("events", justify="right")
+    table.add_column("meaning")
+    for outcome, meaning in _REPLAY_OUTCOMES.items():
+        if summary.counts[outcome]:
+            table.add_row(outcome, str(summary.counts[outcome]), meaning)
+    table.add_row("total", str(summary.events), "")
+    Console(width=None if sys.stdout.isatty() else 140).print(table)
+    if summary.failed:
+        raise SystemExit(1)
+
+
+@main.command()
+def prune() -> None:
+    """Remove the raw payloads of applied events older than HEALTHDOCK_EVENT_RETENTION_DAYS."""
+    from mirror.retention import prune_event_payloads
+
+    settings = _settings()
+    _configure_logging(settings)
+    days = settings.event_retention_days
+    if days is None:
+        raise click.ClickException(
+            "HEALTHDOCK_EVENT_RETENTION_DAYS is not set: event payloads are kept forever"
+        )
+    with _database(settings) as engine:
+        removed = prune_event_payloads(engine, timedelta(days=days))
+    click.echo(f"removed the payloads of {removed} applied events older than {days} days")

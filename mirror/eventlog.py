@@ -12,10 +12,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from sqlalchemy import ColumnElement, bindparam, case, func, select, update
 from sqlalchemy.engine import Connection
 
 from mirror.driver import Driver, unnest
 from mirror.events import Event
+from mirror.schema import webhook_events
 
 PENDING = "pending"
 APPLIED = "applied"
@@ -155,3 +157,92 @@ def _row(driver: Driver, item: IncomingEvent, outcome: Outcome, now: object) -> 
         driver.json([list(pair) for pair in item.headers]),
         item.body,
     )
+
+
+# --- replay outcomes and payload retention ------------------------------------------------
+
+_MAX_ATTEMPTS = 32767  # the column is a SMALLINT: the count stops there instead of failing
+
+
+def _next_attempt() -> ColumnElement[int]:
+    attempts = webhook_events.c.attempts
+    return case((attempts < _MAX_ATTEMPTS, attempts + 1), else_=attempts)
+
+
+def record_replays(connection: Connection, outcomes: Sequence[tuple[int, Outcome]]) -> None:
+    """Record what replaying each event (by ``seq``) did; every replay counts an attempt.
+
+    An event that applies (or is ignored) loses its old error; one that fails again stays
+    ``failed`` with the new error, and keeps its last effect and applied_at.
+    """
+    now = datetime.now(UTC)
+    settled = [
+        {"seq_": seq, "status_": outcome.status, "effect_": outcome.effect}
+        for seq, outcome in outcomes
+        if outcome.status != FAILED
+    ]
+    failed = [
+        {"seq_": seq, "error_": outcome.error}
+        for seq, outcome in outcomes
+        if outcome.status == FAILED
+    ]
+    by_seq = webhook_events.c.seq == bindparam("seq_")
+    if settled:
+        connection.execute(
+            update(webhook_events)
+            .where(by_seq)
+            .values(
+                status=bindparam("status_"),
+                effect=bindparam("effect_"),
+                error=None,
+                applied_at=now,
+                attempts=_next_attempt(),
+            ),
+            settled,
+        )
+    if failed:
+        connection.execute(
+            update(webhook_events)
+            .where(by_seq)
+            .values(status=FAILED, error=bindparam("error_"), attempts=_next_attempt()),
+            failed,
+        )
+
+
+def _prunable(cutoff: datetime) -> list[ColumnElement[bool]]:
+    """Applied events settled before ``cutoff`` whose payload is still kept.
+
+    Failed, pending and ignored events keep theirs: an operator may still replay them.
+    """
+    c = webhook_events.c
+    return [
+        c.status == APPLIED,
+        c.body.is_not(None),
+        func.coalesce(c.applied_at, c.received_at) < cutoff,
+        # Implied by the line above (an event is applied after it is received); lets the
+        # database use the received_at index.
+        c.received_at < cutoff,
+    ]
+
+
+def prunable_events(connection: Connection, cutoff: datetime, after: int, limit: int) -> list[int]:
+    """The next ``limit`` events (by ``seq`` after ``after``) whose payload retention removes."""
+    query = (
+        select(webhook_events.c.seq)
+        .where(webhook_events.c.seq > after, *_prunable(cutoff.astimezone(UTC)))
+        .order_by(webhook_events.c.seq)
+        .limit(limit)
+    )
+    return [int(seq) for seq in connection.execute(query).scalars()]
+
+
+def prune_payloads(connection: Connection, seqs: Sequence[int], cutoff: datetime) -> int:
+    """Remove the raw payload of those of ``seqs`` still prunable; return how many."""
+    if not seqs:
+        return 0
+    result = connection.execute(
+        update(webhook_events)
+        .where(webhook_events.c.seq.in_(seqs), *_prunable(cutoff.astimezone(UTC)))
+        .values(body=None, body_pruned_at=datetime.now(UTC))
+    )
+    return int(result.rowcount)

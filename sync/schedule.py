@@ -5,10 +5,15 @@ Every job takes the reconcile lease, so any number of processes can run the sche
 reconcile runs at a time, and the others skip their turn. A full reconcile that did not
 succeed (rate limits, errors, the database away) is tried again after
 ``HEALTHDOCK_SYNC_RETRY_MINUTES`` rather than a whole interval later.
+
+When ``HEALTHDOCK_EVENT_RETENTION_DAYS`` is set, an hourly job also removes the raw payloads
+of applied events older than that (``mirror.retention``). It needs no lease: it only removes
+what is prunable at the moment it writes, so two processes running it at once do no harm.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -21,6 +26,7 @@ from sqlalchemy import Engine
 from config import Settings
 from mirror.database import DatabaseUnavailable
 from mirror.events import Resource
+from mirror.retention import prune_event_payloads
 from sync.client import RateBudgetListener, UpstreamError, rate_budget_listener
 from sync.job import LeaseHeld, run_reconcile, run_refresh
 from sync.runs import SUCCESS
@@ -28,6 +34,8 @@ from sync.runs import SUCCESS
 log = logging.getLogger(__name__)
 
 _RETRY_JOB = "reconcile-retry"
+RETENTION_JOB = "event-retention"
+_RETENTION_INTERVAL = timedelta(hours=1)
 
 
 def build_scheduler(settings: Settings, engine: Engine) -> AsyncIOScheduler:
@@ -74,7 +82,29 @@ def build_scheduler(settings: Settings, engine: Engine) -> AsyncIOScheduler:
         max_instances=1,
         coalesce=True,
     )
+    if settings.event_retention_days is not None:
+        _add_retention_job(scheduler, engine, timedelta(days=settings.event_retention_days))
     return scheduler
+
+
+def _add_retention_job(scheduler: AsyncIOScheduler, engine: Engine, retention: timedelta) -> None:
+    async def prune_payloads() -> None:
+        try:
+            removed = await asyncio.to_thread(prune_event_payloads, engine, retention)
+        except DatabaseUnavailable as error:
+            log.warning("event payload retention failed: %s", error)
+            return
+        if removed:
+            log.info("retention removed the payloads of %d applied events", removed)
+
+    scheduler.add_job(
+        prune_payloads,
+        IntervalTrigger(seconds=_RETENTION_INTERVAL.total_seconds()),
+        id=RETENTION_JOB,
+        next_run_time=datetime.now(UTC) + timedelta(minutes=1),
+        max_instances=1,
+        coalesce=True,
+    )
 
 
 @contextlib.asynccontextmanager
