@@ -14,6 +14,7 @@ from mirror.events import parse_event
 from mirror.ingest import ingest
 from mirror.schema import appointments, patients, webhook_events
 from tests.factories import TIMESTAMPS, appointment, encode, event, patient
+from tests.support.stored_events import refuse_patient
 
 
 def incoming(document: dict[str, Any]) -> IncomingEvent:
@@ -178,24 +179,7 @@ def test_values_postgresql_would_refuse_stay_in_raw(engine: Engine) -> None:
 def test_an_event_that_cannot_be_applied_is_stored_as_failed_and_others_apply(
     engine: Engine,
 ) -> None:
-    # A real database refusing one row (here a trigger), not a mock of our code.
-    with engine.begin() as connection:
-        if engine.dialect.name == "sqlite":
-            for operation in ("INSERT", "UPDATE"):
-                connection.exec_driver_sql(
-                    f"CREATE TRIGGER refuse_poison_{operation} BEFORE {operation} ON patients "
-                    "WHEN NEW.id = 'POISON' BEGIN SELECT RAISE(ABORT, 'refused'); END"
-                )
-        else:
-            connection.exec_driver_sql(
-                "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                "BEGIN IF NEW.id = 'POISON' THEN RAISE EXCEPTION 'refused'; END IF; "
-                "RETURN NEW; END $$"
-            )
-            connection.exec_driver_sql(
-                "CREATE TRIGGER refuse_poison BEFORE INSERT OR UPDATE ON patients "
-                "FOR EACH ROW EXECUTE FUNCTION refuse_poison()"
-            )
+    refuse_patient(engine, "POISON")  # the database itself refuses it, not a mock
     batch = [
         incoming(event("patient.created", patient(record_id)))
         for record_id in ("PAT1", "POISON", "PAT2")

@@ -41,6 +41,7 @@ from tests.factories import (
     patient,
     signed,
 )
+from tests.support.stored_events import refuse_patient
 from tests.support.tcp_proxy import TcpProxy
 from tests.sync.conftest import API_KEY, Upstream
 
@@ -71,29 +72,8 @@ def send(client: TestClient[Litestar], body: bytes, headers: dict[str, str]) -> 
     return client.post(URL, content=body, headers=headers).status_code
 
 
-def refuse_poison(engine: Engine) -> None:
-    """A real database refusing one record (a trigger), so its event is stored as failed."""
-    with engine.begin() as connection:
-        if engine.dialect.name == "sqlite":
-            for operation in ("INSERT", "UPDATE"):
-                connection.exec_driver_sql(
-                    f"CREATE TRIGGER refuse_poison_{operation} BEFORE {operation} ON patients "
-                    "WHEN NEW.id = 'POISON' BEGIN SELECT RAISE(ABORT, 'refused'); END"
-                )
-            return
-        connection.exec_driver_sql(
-            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ "
-            "BEGIN IF NEW.id = 'POISON' THEN RAISE EXCEPTION 'refused'; END IF; "
-            "RETURN NEW; END $$"
-        )
-        connection.exec_driver_sql(
-            "CREATE TRIGGER refuse_poison BEFORE INSERT OR UPDATE ON patients "
-            "FOR EACH ROW EXECUTE FUNCTION refuse_poison()"
-        )
-
-
 def test_webhook_counts_are_exactly_what_was_sent(database_url: str, engine: Engine) -> None:
-    refuse_poison(engine)
+    refuse_patient(engine, "POISON")
     settings = make_settings(database_url, max_body_bytes=2048)
     patients = [encode(event("patient.created", patient(f"PAT{n}"))) for n in range(3)]
     others = [
