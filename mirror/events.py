@@ -46,6 +46,12 @@ EVENT_TYPES: Mapping[str, tuple[Resource, Action]] = {
 
 _MAX_ID_LENGTH = 128
 _MAX_TYPE_LENGTH = 64
+_MAX_TIMESTAMP_LENGTH = 64  # webhook_events.event_timestamp
+# Far deeper than any HealthDock body, and far from the interpreter's recursion limit, which
+# the encoders downstream (content digest, the committer's frames, the feed's answers) share.
+MAX_NESTING = 64
+# The committer's frames are msgpack, whose integers are signed or unsigned 64-bit.
+_INTEGERS = range(-(2**63), 2**64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +80,39 @@ def content_digest(content: object) -> str:
     return hashlib.sha256(msgspec.json.encode(content, order="sorted")).hexdigest()
 
 
+def _text_key(name: str, text: str) -> str:
+    # PostgreSQL text cannot hold NUL: stored, such a key would fail every batch it is in.
+    if "\x00" in text:
+        raise PayloadError(f"{name} must not contain NUL")
+    return text
+
+
+def nested_too_deep(value: object) -> bool:
+    """More than :data:`MAX_NESTING` levels of arrays and objects."""
+    return _oversized(value, integers=False) == "nesting"
+
+
+def _oversized(document: object, *, integers: bool = True) -> str | None:
+    """What in ``document`` the mirror cannot carry: deep nesting or a too-wide integer."""
+    level: list[dict[str, Any] | list[Any]] = (
+        [document] if isinstance(document, dict | list) else []
+    )
+    depth = 0
+    while level:
+        depth += 1
+        deeper: list[dict[str, Any] | list[Any]] = []
+        for container in level:
+            for value in container.values() if isinstance(container, dict) else container:
+                if integers and type(value) is int and value not in _INTEGERS:
+                    return "integer"
+                if isinstance(value, dict | list):
+                    deeper.append(value)
+        if deeper and depth == MAX_NESTING:
+            return "nesting"
+        level = deeper
+    return None
+
+
 def record_id_of(resource: Resource, record: Mapping[str, Any]) -> str:
     """The record's key: ``patient_id``/``appointment_id``, else ``id``."""
     value = record.get(resource.id_field)
@@ -81,10 +120,12 @@ def record_id_of(resource: Resource, record: Mapping[str, Any]) -> str:
         value = record.get("id")
     if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
         raise PayloadError(f"data.{resource.id_field} (or data.id) must be a string")
+    if isinstance(value, int) and value not in _INTEGERS:
+        raise PayloadError(f"data.{resource.id_field} does not fit in 64 bits")
     text = str(value)
     if len(text) > _MAX_ID_LENGTH:
         raise PayloadError(f"data.{resource.id_field} is longer than {_MAX_ID_LENGTH}")
-    return text
+    return _text_key(f"data.{resource.id_field}", text)
 
 
 def record_write(
@@ -111,15 +152,25 @@ def parse_event(document: object) -> Event:
     """Turn a verified, decoded webhook body into an event."""
     if not isinstance(document, dict):
         raise PayloadError("body must be a JSON object")
+    oversized = _oversized(document)
+    if oversized == "nesting":
+        raise PayloadError(f"body is nested more than {MAX_NESTING} levels deep")
+    if oversized == "integer":
+        raise PayloadError("body holds an integer that does not fit in 64 bits")
     event_type = document.get("event")
     if not isinstance(event_type, str) or not 0 < len(event_type) <= _MAX_TYPE_LENGTH:
         raise PayloadError("event must be a non-empty string")
+    _text_key("event", event_type)
     timestamp = document.get("timestamp")
+    if isinstance(timestamp, str) and len(timestamp) > _MAX_TIMESTAMP_LENGTH:
+        raise PayloadError(f"timestamp is longer than {_MAX_TIMESTAMP_LENGTH}")
     event_id = document.get("id")
     if event_id is not None and (not isinstance(event_id, str | int) or isinstance(event_id, bool)):
         raise PayloadError("id must be a string")
     if event_id is not None and len(str(event_id)) > _MAX_ID_LENGTH:
         raise PayloadError(f"id is longer than {_MAX_ID_LENGTH}")
+    if isinstance(event_id, str):
+        _text_key("id", event_id)
     data = document.get("data")
     if not isinstance(data, dict):
         raise PayloadError("data must be a JSON object")

@@ -34,6 +34,7 @@ from sqlalchemy import Engine, Row, func, literal, select, text, tuple_
 from sqlalchemy.engine import Connection
 
 from mirror.database import unavailable_as_error
+from mirror.events import nested_too_deep
 from mirror.schema import webhook_events
 
 DEFAULT_LIMIT = 100
@@ -97,7 +98,7 @@ class FeedEvent:
     effect: str | None
     received_at: datetime
     event_timestamp: str
-    payload: Any  # the body as received, decoded; None once retention pruned it
+    payload: Any  # the body as received, decoded; None once pruned, or if nested too deep
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,8 +241,11 @@ def _payload(body: bytes | None) -> Any:
     if body is None:
         return None
     try:
-        return msgspec.json.decode(body)
-    except msgspec.DecodeError:
+        payload = msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
         # Only verified JSON bodies are stored; should one not decode, the feed must not stall
         # on it, and the event's other fields still say what happened.
         return None
+    # Nor on one stored before the receiver refused deep nesting (or by a reconcile pass):
+    # its answer would be nested deeper still, past what the response encoder can recurse.
+    return None if nested_too_deep(payload) else payload

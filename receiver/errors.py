@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
+from litestar.openapi.datastructures import ResponseSpec
 
 from mirror.database import DatabaseUnavailable
 from mirror.events import PayloadError
@@ -26,6 +28,41 @@ _CODES = {
     429: "RATE_LIMITED",
     503: "SERVICE_UNAVAILABLE",
 }
+
+
+# What each error answer means to a client, for the OpenAPI document.
+_MEANINGS = {
+    400: "The request (or the signed body) is malformed",
+    401: "Unsigned or wrongly signed (webhooks); missing or wrong admin token (admin endpoints)",
+    403: "Admin endpoints are disabled: no HEALTHDOCK_ADMIN_TOKEN is configured",
+    413: "The body is over HEALTHDOCK_MAX_BODY_BYTES",
+    503: "The mirror database is unavailable; retry after Retry-After seconds",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorDetail:
+    code: str
+    message: str
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEnvelope:
+    """The body of every error answer."""
+
+    success: bool
+    error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """The OpenAPI description of these error answers of a route (all in the envelope)."""
+    return {
+        status: ResponseSpec(
+            data_container=ErrorEnvelope, generate_examples=False, description=_MEANINGS[status]
+        )
+        for status in statuses
+    }
 
 
 def envelope(

@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 
 from mirror.feed import DEFAULT_LIMIT, MAX_LIMIT, FeedError, FeedPage, read_feed
 from receiver.admin import require_admin_token
+from receiver.errors import error_responses
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,11 +28,13 @@ class FeedEnvelope:
         "Events of the event log (webhooks and changes a reconcile found, `source` says which) "
         "after `after`, oldest first. Pass the answer's `next_cursor` as `after` next time; it "
         "is opaque, and unchanged when nothing new arrived. `has_more`: more can be read right "
-        "away. `payload` is the event's body as received (null once retention pruned it). "
+        "away. `payload` is the event's body as received (null once retention pruned it, or if it "
+        "is nested more than 64 levels deep). "
         "Requires `Authorization: Bearer $HEALTHDOCK_ADMIN_TOKEN`."
     ),
     tags=["feed"],
     guards=[require_admin_token],
+    responses=error_responses(400, 401, 403, 503),
     sync_to_thread=True,
 )
 def read_events(

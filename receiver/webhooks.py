@@ -7,13 +7,16 @@ encoded here, which keeps the per-request overhead close to a bare endpoint's.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from litestar import Request, post
-from litestar.exceptions import HTTPException
+from litestar.exceptions import ClientException, HTTPException, InternalServerException
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar.openapi.spec import Parameter as OpenAPIParameter
 from litestar.response.base import ASGIResponse
 
 from config import Settings
@@ -21,6 +24,7 @@ from mirror.database import DatabaseUnavailable
 from mirror.eventlog import WEBHOOK, IncomingEvent, dedup_key, storable_headers
 from mirror.events import PayloadError, parse_event
 from mirror.ingest import Receipt
+from receiver.errors import error_responses
 from receiver.intake import Intake, IntakeClosed
 from receiver.metrics import BAD_REQUEST, TOO_LARGE, UNAVAILABLE, Metrics
 from receiver.signature import SIGNATURE_HEADER, SignatureError, verify
@@ -39,6 +43,62 @@ class Acknowledgement(msgspec.Struct):
 class AcknowledgementEnvelope(msgspec.Struct):
     success: bool
     data: Acknowledgement
+
+
+def _string(
+    description: str, *, min_length: int | None = None, max_length: int | None = None
+) -> Schema:
+    return Schema(
+        type=OpenAPIType.STRING,
+        description=description,
+        min_length=min_length,
+        max_length=max_length,
+    )
+
+
+# The handler reads the raw bytes (they are what is signed), so Litestar cannot describe the
+# body from a type: it is described here.
+_EVENT = Schema(
+    type=OpenAPIType.OBJECT,
+    required=["event", "timestamp", "data"],
+    properties={
+        "id": Schema(
+            one_of=[
+                _string("the event's id; a redelivery carries the same", max_length=128),
+                Schema(type=OpenAPIType.INTEGER),
+                Schema(type=OpenAPIType.NULL),
+            ]
+        ),
+        "event": _string(
+            "the event type, e.g. patient.created; unknown types are stored and ignored",
+            min_length=1,
+            max_length=64,
+        ),
+        "timestamp": _string("when it happened upstream, ISO 8601", max_length=64),
+        "data": Schema(
+            type=OpenAPIType.OBJECT,
+            description="the record, keyed by patient_id / appointment_id (or id)",
+        ),
+        "signature": _string("the compatibility form's signature, when there is no header"),
+    },
+)
+
+
+@dataclass
+class _WebhookOperation(Operation):
+    def __post_init__(self) -> None:
+        self.request_body = RequestBody(
+            content={"application/json": OpenAPIMediaType(schema=_EVENT)}, required=True
+        )
+        self.parameters = [
+            *(self.parameters or []),
+            OpenAPIParameter(
+                name=SIGNATURE_HEADER,
+                param_in="header",
+                schema=_string("sha256=<hex HMAC-SHA256 of the raw body>"),
+                description="absent: the body's signature member is checked instead",
+            ),
+        ]
 
 
 def _decode(body: bytes) -> object:
@@ -64,7 +124,13 @@ def _answer(receipt: Receipt) -> ASGIResponse:
         "member), stores the event durably and applies it to the mirror; 200 only after commit."
     ),
     tags=["webhooks"],
-    responses={200: ResponseSpec(data_container=AcknowledgementEnvelope, description="Stored")},
+    operation_class=_WebhookOperation,
+    responses={
+        200: ResponseSpec(
+            data_container=AcknowledgementEnvelope, generate_examples=False, description="Stored"
+        ),
+        **error_responses(400, 401, 413, 503),
+    },
 )
 async def receive_webhook(request: Request[Any, Any, Any]) -> ASGIResponse:
     arrived = time.perf_counter()
@@ -80,6 +146,8 @@ async def receive_webhook(request: Request[Any, Any, Any]) -> ASGIResponse:
     except HTTPException as error:
         if error.status_code == 413:
             metrics.rejected(TOO_LARGE)
+        elif error.status_code == 400:
+            metrics.rejected(BAD_REQUEST)
         raise
     except (DatabaseUnavailable, IntakeClosed, TimeoutError):
         metrics.rejected(UNAVAILABLE)
@@ -88,12 +156,25 @@ async def receive_webhook(request: Request[Any, Any, Any]) -> ASGIResponse:
     return _answer(receipt)
 
 
+async def _read_body(request: Request[Any, Any, Any]) -> bytes:
+    try:
+        return await request.body()
+    except InternalServerException:
+        # Litestar's word for a client that went away before its body was complete: a 5xx
+        # would count a client's doing as our failure.
+        raise ClientException("the request body ended before it was complete") from None
+
+
 async def _receive(request: Request[Any, Any, Any]) -> tuple[str, Receipt]:
     settings: Settings = request.app.state.settings
     intake: Intake = request.app.state.intake
-    body = await request.body()
+    body = await _read_body(request)
     raw_headers = list(request.scope["headers"])
-    signature = next((v.decode("latin-1") for k, v in raw_headers if k == _SIGNATURE_HEADER), None)
+    signatures = [value for name, value in raw_headers if name == _SIGNATURE_HEADER]
+    if len(signatures) > 1:
+        # Ambiguous: a proxy in front may have checked another one than we would.
+        raise SignatureError(f"more than one {SIGNATURE_HEADER} header")
+    signature = signatures[0].decode("latin-1") if signatures else None
     # Nothing in the body is trusted (or even parsed, for the header form) before this line.
     signed = verify(body, signature, settings.webhook_secrets)
     event = parse_event(_decode(body))
