@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Iterable
+from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 DEFAULT_DATABASE_URL = "sqlite:///healthdock-mirror.db"
 _KNOWN_DRIVERS = ("sqlite", "postgresql")
@@ -20,6 +23,8 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         frozen=True,
+        # A rejected value may be a secret (a database URL holds its password): never echo it.
+        hide_input_in_errors=True,
     )
 
     database_url: str = DEFAULT_DATABASE_URL
@@ -76,6 +81,13 @@ class Settings(BaseSettings):
         scheme = value.split(":", 1)[0].split("+", 1)[0].lower()
         if scheme not in _KNOWN_DRIVERS:
             raise ValueError(f"unknown driver {scheme!r}; use sqlite:/// or postgresql://")
+        try:
+            make_url(value)
+        except (ArgumentError, ValueError):
+            # The parser's own message can quote the URL, and with it the password.
+            raise ValueError(
+                "not a database URL; use sqlite:///path or postgresql://user:password@host/db"
+            ) from None
         return value
 
     @field_validator("log_level")
@@ -103,6 +115,16 @@ class Settings(BaseSettings):
     @property
     def webhook_secrets(self) -> tuple[bytes, ...]:
         return tuple(s.get_secret_value().encode() for s in self.webhook_secret)
+
+    @property
+    def database_url_shown(self) -> str:
+        """The database URL to show people: its password, if any, masked."""
+        return make_url(self.database_url).render_as_string(hide_password=True)
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        # Secrets are SecretStr and print masked; the database URL is a plain string.
+        for name, value in super().__repr_args__():
+            yield name, self.database_url_shown if name == "database_url" else value
 
 
 class SettingsError(Exception):

@@ -33,6 +33,13 @@ _SECONDS = click.FloatRange(0.0)
 @click.option("--reset-rate", default=0.0, type=_RATE, help="Fraction of connections dropped.")
 @click.option("--truncate-rate", default=0.0, type=_RATE, help="Fraction of bodies cut short.")
 @click.option("--drift-rate", default=0.0, type=_RATE, help="Lists that insert/delete first.")
+@click.option("--spike-rate", default=0.0, type=_RATE, help="Fraction held --spike-seconds more.")
+@click.option("--spike-seconds", default=2.0, type=_SECONDS, help="Length of a latency spike.")
+@click.option("--storm-rate", default=0.0, type=_RATE, help="Fraction that begin a 429 storm.")
+@click.option(
+    "--storm-seconds", default=1.0, type=click.FloatRange(0.0, min_open=True),
+    help="Length of a 429 storm (every request refused, whatever its budget).",
+)  # fmt: skip
 @click.option("--drop-rate", default=0.0, type=_RATE, help="Webhooks never sent.")
 @click.option("--duplicate-rate", default=0.0, type=_RATE, help="Webhooks sent twice.")
 @click.option("--delay", nargs=2, type=_SECONDS, help="MIN MAX seconds before each webhook.")
@@ -57,6 +64,10 @@ def main(
     reset_rate: float,
     truncate_rate: float,
     drift_rate: float,
+    spike_rate: float,
+    spike_seconds: float,
+    storm_rate: float,
+    storm_seconds: float,
     drop_rate: float,
     duplicate_rate: float,
     delay: tuple[float, float] | None,
@@ -77,6 +88,10 @@ def main(
             reset_rate=reset_rate,
             truncate_rate=truncate_rate,
             drift_rate=drift_rate,
+            spike_rate=spike_rate,
+            spike_seconds=spike_seconds,
+            storm_rate=storm_rate,
+            storm_seconds=storm_seconds,
         )
         switches = WebhookSwitches(
             drop_rate=drop_rate, duplicate_rate=duplicate_rate, delay=delay or None, reorder=reorder

@@ -62,7 +62,10 @@ class FakeApp:
             except ApiError as error:
                 response = error.response()
         else:
-            answer = await self._api(request)
+            try:
+                answer = await self._api(request)
+            finally:
+                self.fake.stats.finished += 1
             if answer is None:
                 return  # the connection was dropped
             response = answer
@@ -72,6 +75,8 @@ class FakeApp:
         fake = self.fake
         fake.stats.requests += 1
         verdict = fake.dice.roll(fake.faults)
+        if verdict.spike:
+            fake.stats.spikes += 1
         if verdict.delay:
             await asyncio.sleep(verdict.delay)
         if verdict.reset:
@@ -79,8 +84,16 @@ class FakeApp:
             await drop_connection()
             return None
         token = _bearer(request.headers)
-        quota = None if fake.limiter is None else fake.limiter.take(token)
+        if verdict.storm and fake.storm.begin(fake.faults.storm_seconds):
+            fake.stats.storms += 1
+        # During a storm someone else has used the window up: our own budget is not touched.
+        storm = fake.storm.refusal(None if fake.limiter is None else fake.limiter.limit)
+        quota = storm or (None if fake.limiter is None else fake.limiter.take(token))
         try:
+            if storm is not None:
+                fake.stats.stormed += 1
+                details = {"retry_after": storm.retry_after}
+                raise ApiError(429, "RATE_LIMITED", "Rate limit exceeded", details)
             if quota is not None and not quota.allowed:
                 fake.stats.rate_limited += 1
                 details = {"retry_after": quota.retry_after}

@@ -27,9 +27,10 @@ async def drop_connection() -> None:
     if transport is None:
         raise ConnectionDropped("Server disconnected without sending a response.")
     sock = transport.get_extra_info("socket")
-    if sock is not None:
-        # Linger 0: the close sends a TCP reset, as a crashed proxy or server would.
-        with contextlib.suppress(OSError):
+    if sock is not None and not transport.is_closing():
+        # Linger 0: the close sends a TCP reset, as a crashed proxy or server would. (A client
+        # that gave up first, say on a latency spike, has closed it already: nothing to reset.)
+        with contextlib.suppress(OSError, ValueError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
     # Let the server see the connection is lost before the app returns, or it would try to

@@ -13,7 +13,7 @@ from fake_healthdock.clock import Clock, ist_date, system_clock
 from fake_healthdock.faults import FaultDice, Faults
 from fake_healthdock.mutations import Mutator
 from fake_healthdock.population import Population
-from fake_healthdock.ratelimit import FixedWindowLimiter
+from fake_healthdock.ratelimit import FixedWindowLimiter, Storm
 from fake_healthdock.records import Appointment, Patient
 from fake_healthdock.store import Change, Store
 from fake_healthdock.validation import appointment_fields, patient_fields
@@ -26,7 +26,11 @@ R = TypeVar("R", Patient, Appointment)
 class ApiStats:
     requests: int = 0
     """API requests received (``/v1``), faulted ones included."""
+    finished: int = 0
+    """API requests done with: answered or dropped. Fewer than ``requests`` while some are
+    held (a spike goes on after the client gave up): they can still drift the data."""
     rate_limited: int = 0
+    """429s for an exhausted budget (a storm's are counted in ``stormed``)."""
     unauthorized: int = 0
     errors: int = 0
     """Injected 5xx responses."""
@@ -34,6 +38,12 @@ class ApiStats:
     truncated: int = 0
     drifted: int = 0
     """Records inserted or deleted by page drift."""
+    spikes: int = 0
+    """Requests held by a latency spike."""
+    storms: int = 0
+    """429 storms begun."""
+    stormed: int = 0
+    """Requests answered 429 by a storm."""
 
 
 class FakeHealthDock:
@@ -81,6 +91,7 @@ class FakeHealthDock:
             None if rate_limit is None else FixedWindowLimiter(rate_limit, window_seconds, clock)
         )
         self.dice = FaultDice(seed)
+        self.storm = Storm(clock)
         self.webhooks = WebhookSender(
             url=webhook_url,
             secret=webhook_secret,

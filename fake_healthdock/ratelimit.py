@@ -1,4 +1,4 @@
-"""HealthDock's rate limit: a fixed window of requests per API key."""
+"""HealthDock's rate limit: a fixed window of requests per API key, and 429 storms."""
 
 from __future__ import annotations
 
@@ -13,18 +13,21 @@ class Quota:
     """The outcome of one request against its key's window."""
 
     allowed: bool
-    limit: int
+    limit: int | None
+    """None when the fake has no rate limit (then only ``Retry-After`` is sent)."""
     remaining: int
     reset: int
     """Epoch seconds at which the window ends (``X-RateLimit-Reset``)."""
     retry_after: int
 
     def headers(self) -> list[tuple[str, str]]:
-        headers = [
-            ("X-RateLimit-Limit", str(self.limit)),
-            ("X-RateLimit-Remaining", str(self.remaining)),
-            ("X-RateLimit-Reset", str(self.reset)),
-        ]
+        headers = []
+        if self.limit is not None:
+            headers += [
+                ("X-RateLimit-Limit", str(self.limit)),
+                ("X-RateLimit-Remaining", str(self.remaining)),
+                ("X-RateLimit-Reset", str(self.reset)),
+            ]
         if not self.allowed:
             headers.append(("Retry-After", str(self.retry_after)))
         return headers
@@ -61,4 +64,35 @@ class FixedWindowLimiter:
             remaining=self.limit - used,
             reset=math.ceil(end),
             retry_after=max(1, math.ceil(end - now)),
+        )
+
+
+class Storm:
+    """429s whatever a key's own budget, as when another client of the same account has
+    exhausted the window (the ``storm_rate`` fault): from :meth:`begin` for ``seconds``."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._until = 0.0
+
+    def begin(self, seconds: float) -> bool:
+        """Start a storm now, unless one is on; True when this call started one."""
+        now = self._clock()
+        if now < self._until:
+            return False
+        self._until = now + seconds
+        return True
+
+    def refusal(self, limit: int | None) -> Quota | None:
+        """What a request gets while a storm is on (None when none is): nothing remaining,
+        until the storm ends. ``limit``: the fake's rate limit, if it has one."""
+        now = self._clock()
+        if now >= self._until:
+            return None
+        return Quota(
+            allowed=False,
+            limit=limit,
+            remaining=0,
+            reset=math.ceil(self._until),
+            retry_after=max(1, math.ceil(self._until - now)),
         )

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ import click
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 
 from config import Settings, SettingsError, load_settings
 from mirror.database import DatabaseUnavailable, create_mirror_engine, is_sqlite
@@ -154,6 +156,7 @@ def _ensure_schema(settings: Settings) -> None:
 @contextlib.contextmanager
 def _database(settings: Settings) -> Iterator[Engine]:
     """An engine for one command; an unreachable database is reported by its setting."""
+    _create_private_sqlite_file(settings.database_url)
     engine = create_mirror_engine(
         settings.database_url, timeout_seconds=settings.database_timeout_seconds
     )
@@ -165,6 +168,20 @@ def _database(settings: Settings) -> Iterator[Engine]:
         ) from None
     finally:
         engine.dispose()
+
+
+def _create_private_sqlite_file(database_url: str) -> None:
+    """Create a new SQLite mirror readable and writable by its owner only: it holds patient
+    data, and SQLite would create it by the umask, usually readable by every local user (its
+    -wal and -shm files take the database file's mode). An existing file keeps its mode: the
+    operator may have granted analysts access."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return
+    if url.database.startswith("file:"):
+        return  # a URI filename: SQLite's to interpret
+    with contextlib.suppress(FileExistsError, FileNotFoundError):
+        os.close(os.open(url.database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 _RESOURCES = {"patients": Resource.PATIENT, "appointments": Resource.APPOINTMENT}
@@ -270,7 +287,8 @@ def demo(port: int | None) -> None:
     _configure_logging(settings)
     _ensure_schema(settings)
     click.echo(
-        f"receiver on http://{settings.host}:{settings.port}; mirror at {settings.database_url}\n"
+        f"receiver on http://{settings.host}:{settings.port}; "
+        f"mirror at {settings.database_url_shown}\n"
         "the fake HealthDock changes 2 records a second and loses a fifth of its webhooks;\n"
         "the reconciler runs every 30 s. Query the mirror while it runs. Ctrl-C stops."
     )

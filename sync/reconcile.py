@@ -210,8 +210,17 @@ async def _mark(
             _apply_page, resource=resource, run=run, records=records, checkpoint=checkpoint,
             pages=len(batch),
         )  # fmt: skip
-        counts = await asyncio.to_thread(write_transaction, engine, apply)
-        _count(result, counts, len(records), pages=len(batch))
+        # A transaction in its thread cannot be stopped half way. When the pass is cancelled
+        # meanwhile (a fetch gave up, or the caller stopped it), wait for it to commit or roll
+        # back and count what it wrote: nothing of a pass may be written after it ended.
+        writing = asyncio.ensure_future(asyncio.to_thread(write_transaction, engine, apply))
+        try:
+            await asyncio.shield(writing)
+        finally:
+            if not writing.done():
+                await asyncio.wait({writing})
+            if not writing.cancelled() and writing.exception() is None:
+                _count(result, writing.result(), len(records), pages=len(batch))
         if progress is not None:
             progress(state.checkpoint, state.total or 0)
 
@@ -392,7 +401,14 @@ async def _sweep(
         if not chunk:
             return
         after = chunk[-1]
-        writes = list(await asyncio.gather(*(confirm(record_id) for record_id in chunk)))
+        # A task group, not gather: when one confirmation gives up, the others are cancelled,
+        # so nothing keeps asking HealthDock after the pass is recorded as incomplete.
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                confirming = [tasks.create_task(confirm(record_id)) for record_id in chunk]
+        except BaseExceptionGroup as group:
+            raise _first_leaf(group) from None
+        writes = [task.result() for task in confirming]
         apply = functools.partial(_apply_confirmations, run=run, writes=writes)
         counts = await asyncio.to_thread(write_transaction, engine, apply)
         _count(result, counts, 0, pages=0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -21,8 +21,11 @@ from mirror.database import create_mirror_engine
 from mirror.migrate import upgrade
 from receiver import create_app
 from tests.factories import SECRET
+from tests.support.patient_data import PatientDataCatcher, catching_patient_data, patient_data_in
 
 POSTGRES_URL = os.environ.get("HEALTHDOCK_TEST_POSTGRES_URL")
+
+pytest_plugins = ["pytester"]  # tests/test_security.py shows the patient-data check failing
 
 # Property tests check behaviour, not speed: no per-example deadline (CI machines are loaded).
 hypothesis.settings.register_profile("healthdock", deadline=None)
@@ -103,3 +106,33 @@ def client(settings: Settings, engine: Engine) -> Iterator[TestClient[Litestar]]
     """The receiver on a migrated database, through its real lifespan."""
     with TestClient(create_app(settings)) as test_client:
         yield test_client
+
+
+@pytest.fixture(autouse=True)
+def no_patient_data_logged() -> Iterator[PatientDataCatcher]:
+    """No patient data in any log line at any level, in any test: every record is searched
+    (tests/support/patient_data.py), and a test that logged any fails."""
+    with catching_patient_data() as catcher:
+        yield catcher
+    if catcher.found:
+        pytest.fail("patient data was logged:\n" + "\n".join(catcher.found), pytrace=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """What a test printed, its subprocesses included (pytest captures file descriptors 1 and
+    2, which they inherit), is searched for patient data too, each phase on its own."""
+    report = yield
+    if report.passed:
+        printed = "".join(
+            content
+            for name, content in report.sections
+            if name in (f"Captured stdout {report.when}", f"Captured stderr {report.when}")
+        )
+        found = patient_data_in(printed)
+        if found:
+            report.outcome = "failed"
+            report.longrepr = f"patient data was printed ({report.when}): {', '.join(found)}"
+    return report

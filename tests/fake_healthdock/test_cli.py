@@ -36,6 +36,10 @@ def test_the_command_line_serves_the_api() -> None:
         "--latency",
         "0",
         "0.001",
+        "--storm-seconds",
+        "0.5",
+        "--spike-rate",
+        "0.01",
         "--mutations-per-second",
         "20",
         "--log-level",
@@ -47,6 +51,8 @@ def test_the_command_line_serves_the_api() -> None:
         assert response.status_code == 200
         assert response.headers["X-RateLimit-Limit"] == "50"
         assert response.json()["data"]["patients"][0]["id"] == "PAT000001"
+        faults = httpx.get(f"http://127.0.0.1:{port}/_fake/faults").json()["data"]
+        assert (faults["storm_seconds"], faults["spike_rate"]) == (0.5, 0.01)
         deadline = time.monotonic() + 5
         while (
             httpx.get(f"http://127.0.0.1:{port}/_fake/stats").json()["data"]["webhooks"]["events"]
@@ -92,3 +98,15 @@ def test_webhooks_need_a_secret() -> None:
     )
     assert result.returncode == 2
     assert "--webhook-secret" in result.stderr
+
+
+def test_bad_storm_length_is_refused() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "fake_healthdock", "--storm-rate", "0.1", "--storm-seconds", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "--storm-seconds" in result.stderr
