@@ -4,6 +4,10 @@ SQLite is the embedded default: WAL so analysts can read while we write, a busy 
 short lock waits instead of failing, and ``synchronous=FULL`` so a committed event survives a
 power cut. Writers start with ``BEGIN IMMEDIATE`` so two writers queue on the lock instead of
 deadlocking when one upgrades from reading to writing.
+
+A connection that failed in a way that outlives the fault (SQLite: opened while the file was
+read-only, an I/O error; PostgreSQL: a read-only standby) is closed rather than pooled, so the
+service recovers by itself once the database does.
 """
 
 from __future__ import annotations
@@ -20,9 +24,15 @@ from sqlalchemy.pool import QueuePool
 
 T = TypeVar("T")
 
+# SQLite result codes (primary, the low byte) after which a connection stays broken though the
+# cause has passed: a file that was read-only when the connection opened stays read-only to it
+# for ever, and after an I/O error or a file it could not open, only a new connection sees the
+# file as it is now.
+_SQLITE_REOPEN = frozenset({8, 10, 14})  # SQLITE_READONLY, SQLITE_IOERR, SQLITE_CANTOPEN
+
 
 class DatabaseUnavailable(Exception):
-    """The database cannot be reached or is locked; the caller should retry later."""
+    """The database cannot be reached, is locked or refuses writes; retry later."""
 
 
 def create_mirror_engine(database_url: str, *, timeout_seconds: float = 5.0) -> Engine:
@@ -86,12 +96,19 @@ def unavailable_as_error() -> Iterator[None]:
         yield
     except (exc.OperationalError, exc.InterfaceError) as error:
         raise DatabaseUnavailable(_describe(error)) from error
-    except (sqlite3.OperationalError, psycopg.OperationalError, psycopg.InterfaceError) as error:
+    except (
+        sqlite3.OperationalError,
+        psycopg.OperationalError,
+        psycopg.InterfaceError,
+        psycopg.errors.ReadOnlySqlTransaction,
+    ) as error:
         # Raised by statements run on the driver's cursor (mirror.driver), which SQLAlchemy
         # does not wrap. Only the first line: it names the failure, not the data.
         raise DatabaseUnavailable(str(error).splitlines()[0][:200]) from error
     except exc.DBAPIError as error:
-        if error.connection_invalidated:
+        if error.connection_invalidated or isinstance(
+            error.orig, psycopg.errors.ReadOnlySqlTransaction
+        ):
             raise DatabaseUnavailable(_describe(error)) from error
         raise
     except exc.TimeoutError as error:
@@ -103,9 +120,36 @@ def _describe(error: exc.DBAPIError) -> str:
     return str(error.orig).splitlines()[0][:200] if error.orig is not None else type(error).__name__
 
 
+def _stays_broken(error: BaseException) -> bool:
+    """Whether the connection that raised ``error`` must be replaced, not reused.
+
+    PostgreSQL: a read-only server (a standby, during or after a failover) keeps the
+    connection read-only; a new one reaches whatever the address names now.
+    """
+    cause = error.orig if isinstance(error, exc.DBAPIError) else error
+    if isinstance(cause, sqlite3.Error):
+        return (getattr(cause, "sqlite_errorcode", 0) & 0xFF) in _SQLITE_REOPEN
+    return isinstance(cause, psycopg.errors.ReadOnlySqlTransaction)
+
+
+@contextlib.contextmanager
+def _replaced_when_broken(connection: Connection) -> Iterator[None]:
+    try:
+        yield
+    except Exception as error:
+        if _stays_broken(error):
+            connection.invalidate()  # closed now; the pool opens a new one next time
+        raise
+
+
 def write_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
     """Run ``work`` in one short write transaction; unavailability raises DatabaseUnavailable."""
-    with unavailable_as_error(), engine.begin() as connection:
+    with (
+        unavailable_as_error(),
+        engine.connect() as connection,
+        _replaced_when_broken(connection),
+        connection.begin(),
+    ):
         return work(connection)
 
 
@@ -114,6 +158,7 @@ def read_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
     with (
         unavailable_as_error(),
         engine.connect().execution_options(sqlite_begin="DEFERRED") as connection,
+        _replaced_when_broken(connection),
         connection.begin(),
     ):
         return work(connection)

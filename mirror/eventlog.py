@@ -118,7 +118,10 @@ def store_events(
     """Insert events with their outcome, unless stored before; return new ``seq`` by key."""
     driver = Driver.of(connection)
     now = driver.timestamp(datetime.now(UTC))
-    rows = [_row(driver, item, outcome, now) for item, outcome in incoming]
+    # In key order, as every writer does: two receivers storing the same redeliveries wait on
+    # each other's keys in one order and cannot deadlock.
+    ordered = sorted(incoming, key=lambda pair: (pair[0].source, pair[0].dedup_key))
+    rows = [_row(driver, item, outcome, now) for item, outcome in ordered]
     if not rows:
         return {}
     if driver.postgres:

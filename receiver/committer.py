@@ -8,6 +8,11 @@ receiver, which sends whatever queued while the previous batch committed.
 
 Frames on the pipe are a 4-byte big-endian length and a msgpack payload (the framing of
 ``multiprocessing.connection.Connection``, which the child uses directly).
+
+A database that stops answering (a network partition, a hung server) would hold a batch, and
+every request behind it, forever: no driver timeout covers a connection that stays open and
+silent. So the receiver waits for a batch's receipts only so long, then answers 503 and
+replaces the committer, whose driver call may never return.
 """
 
 from __future__ import annotations
@@ -46,6 +51,16 @@ ReceiptFrame = tuple[int | None, str, str | None]
 
 class CommitterUnavailable(Exception):
     """The batch was not committed (database unavailable, or the committer died)."""
+
+
+def answer_deadline(timeout_seconds: float) -> float:
+    """How long a batch may take before the database is taken for gone.
+
+    A batch waits at most about one database timeout for a lock or a connection (SQLite's
+    busy timeout, PostgreSQL's connect and lock timeouts); its own work takes milliseconds.
+    Another timeout and two seconds more cover a slow disk.
+    """
+    return 2 * timeout_seconds + 2.0
 
 
 def run_committer(database_url: str, timeout_seconds: float, channel: Connection) -> None:
@@ -94,6 +109,7 @@ class CommitterClient:
     def __init__(self, database_url: str, timeout_seconds: float) -> None:
         self._database_url = database_url
         self._timeout = timeout_seconds
+        self._deadline = answer_deadline(timeout_seconds)
         self._process: multiprocessing.process.BaseProcess | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -133,7 +149,7 @@ class CommitterClient:
 
     @property
     def alive(self) -> bool:
-        return self._process is not None and self._process.is_alive()
+        return self._writer is not None and self._process is not None and self._process.is_alive()
 
     async def commit(self, frames: Sequence[EventFrame]) -> list[ReceiptFrame]:
         """Store and apply one batch; raises CommitterUnavailable when nothing was committed."""
@@ -143,12 +159,27 @@ class CommitterClient:
         try:
             self._writer.write(_HEADER.pack(len(payload)) + payload)
             await self._writer.drain()
-            answer = await self._receive()
+            answer = await asyncio.wait_for(self._receive(), self._deadline)
+        except TimeoutError:
+            # The child is stuck in a driver call: replace it (the batch may still commit
+            # later; its events were answered 503, and their redeliveries are deduplicated).
+            self._abandon()
+            raise CommitterUnavailable(
+                f"the database did not answer within {self._deadline:.0f} s"
+            ) from None
         except (OSError, ConnectionError, asyncio.IncompleteReadError) as error:
             raise CommitterUnavailable("the committer stopped") from error
         if isinstance(answer, list) and answer[:1] == [_UNAVAILABLE]:
             raise CommitterUnavailable(str(answer[1]))
         return [tuple(receipt) for receipt in answer]
+
+    def _abandon(self) -> None:
+        """Kill the child now; the intake starts a new one for the next batch."""
+        if self._process is not None and self._process.is_alive():
+            self._process.kill()
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
 
     async def _receive(self) -> Any:
         assert self._reader is not None

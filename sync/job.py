@@ -2,6 +2,9 @@
 
 It takes the reconcile lease (one reconcile at a time across every process sharing the
 database), keeps renewing it while passes run, runs one pass per resource, and releases it.
+A holder that could not renew in time (paused, cut off from the database) may have been
+taken over once its lease expired: as soon as it finds that out, it stops its passes and
+leaves them to the new holder, which resumes them from their checkpoints.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import functools
 import logging
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import date
 
@@ -32,6 +36,10 @@ LEASE = "reconcile"
 
 class LeaseHeld(Exception):
     """Another process is reconciling; the message names it."""
+
+
+class LeaseLost(LeaseHeld):
+    """This process's lease lapsed and another process took it: the reconcile stopped."""
 
 
 def holder_name() -> str:
@@ -113,23 +121,47 @@ async def _lease(engine: Engine, ttl_seconds: float) -> AsyncIterator[None]:
     holder = holder_name()
     take = functools.partial(runs.acquire_lease, name=LEASE, holder=holder, ttl_seconds=ttl_seconds)
     if not await asyncio.to_thread(write_transaction, engine, take):
-        current = await asyncio.to_thread(
-            write_transaction, engine, functools.partial(runs.lease_holder, name=LEASE)
-        )
+        current = await _current_holder(engine)
         raise LeaseHeld(f"another reconcile is running ({current or 'unknown holder'})")
 
+    owner = asyncio.current_task()
+    assert owner is not None
+    held_until = time.monotonic() + ttl_seconds
+    lost: list[str] = []
+
     async def renew() -> None:
+        nonlocal held_until
         while True:
             await asyncio.sleep(ttl_seconds / 3)
+            asked_at = time.monotonic()
             try:
-                if not await asyncio.to_thread(write_transaction, engine, take):
-                    log.error("the reconcile lease was lost to another process")
+                held = await asyncio.to_thread(write_transaction, engine, take)
             except DatabaseUnavailable as error:
                 log.warning("could not renew the reconcile lease: %s", error)
+                # Still ours until it lapses; after that another process may have it.
+                held = time.monotonic() < held_until
+            else:
+                if held:
+                    held_until = asked_at + ttl_seconds
+            if not held:
+                current = await _current_holder(engine)
+                lost.append(
+                    f"the reconcile lease lapsed before it was renewed (now held by "
+                    f"{current or 'nobody'})"
+                )
+                owner.cancel()
+                return
 
     renewing = asyncio.create_task(renew(), name="lease-renewal")
     try:
         yield
+    except asyncio.CancelledError:
+        # Our own cancellation (the lease is gone) ends the passes as LeaseLost; a shutdown's
+        # stays a cancellation.
+        if lost and owner.uncancel() == 0:
+            log.warning("%s: this reconcile stopped", lost[0])
+            raise LeaseLost(lost[0]) from None
+        raise
     finally:
         renewing.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -137,3 +169,11 @@ async def _lease(engine: Engine, ttl_seconds: float) -> AsyncIterator[None]:
         release = functools.partial(runs.release_lease, name=LEASE, holder=holder)
         with contextlib.suppress(DatabaseUnavailable):
             await asyncio.to_thread(write_transaction, engine, release)
+
+
+async def _current_holder(engine: Engine) -> str | None:
+    holder = functools.partial(runs.lease_holder, name=LEASE)
+    try:
+        return await asyncio.to_thread(write_transaction, engine, holder)
+    except DatabaseUnavailable:
+        return None

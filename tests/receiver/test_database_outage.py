@@ -15,7 +15,7 @@ from mirror.schema import webhook_events
 from receiver import create_app
 from tests.conftest import make_settings
 from tests.factories import encode, event, patient, signed
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.network import DatabaseLink
 
 URL = "/webhooks/healthdock"
 
@@ -55,7 +55,7 @@ def test_sqlite_locked_gives_503_then_recovers(tmp_path: Path) -> None:
 def test_postgres_unreachable_gives_503_then_recovers(postgres_url: str) -> None:
     database_url = postgres_url
     url = urlparse(database_url)
-    with TcpProxy(url.hostname or "127.0.0.1", url.port or 5432) as proxy:
+    with DatabaseLink(url.hostname or "127.0.0.1", url.port or 5432) as proxy:
         proxied_url = database_url.replace(f"{url.hostname}:{url.port}", f"127.0.0.1:{proxy.port}")
         proxied = make_settings(proxied_url, database_timeout_seconds=1.0)
         engine = create_mirror_engine(database_url)

@@ -41,8 +41,8 @@ from tests.factories import (
     patient,
     signed,
 )
+from tests.support.network import DatabaseLink
 from tests.support.stored_events import refuse_patient
-from tests.support.tcp_proxy import TcpProxy
 from tests.sync.conftest import API_KEY, Upstream
 
 URL = "/webhooks/healthdock"
@@ -255,7 +255,7 @@ def test_postgres_unreachable_metrics_still_answer_and_say_database_down(
     url = urlparse(postgres_url)
     upgrade(create_mirror_engine(postgres_url))
     body = encode(event("patient.created", patient()))
-    with TcpProxy(url.hostname or "127.0.0.1", url.port or 5432) as proxy:
+    with DatabaseLink(url.hostname or "127.0.0.1", url.port or 5432) as proxy:
         proxied = postgres_url.replace(f"{url.hostname}:{url.port}", f"127.0.0.1:{proxy.port}")
         settings = make_settings(proxied, database_timeout_seconds=1.0)
         with TestClient(create_app(settings)) as client:
