@@ -159,7 +159,9 @@ class CommitterClient:
         try:
             self._writer.write(_HEADER.pack(len(payload)) + payload)
             await self._writer.drain()
-            answer = await asyncio.wait_for(self._receive(), self._deadline)
+            # asyncio.timeout, not wait_for: no task per batch on the hot path.
+            async with asyncio.timeout(self._deadline):
+                answer = await self._receive()
         except TimeoutError:
             # The child is stuck in a driver call: replace it (the batch may still commit
             # later; its events were answered 503, and their redeliveries are deduplicated).
