@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import date
 
@@ -118,7 +119,10 @@ async def run_refresh(
 
 @contextlib.asynccontextmanager
 async def _lease(engine: Engine, ttl_seconds: float) -> AsyncIterator[None]:
-    holder = holder_name()
+    # Unique to this taking of the lease, not just to the process: the scheduler's jobs in one
+    # process (full, retry, upcoming) must exclude each other too, and one job's release must
+    # never drop a lease another job of the same process still holds.
+    holder = f"{holder_name()}:{uuid.uuid4().hex[:8]}"
     take = functools.partial(runs.acquire_lease, name=LEASE, holder=holder, ttl_seconds=ttl_seconds)
     if not await asyncio.to_thread(write_transaction, engine, take):
         current = await _current_holder(engine)

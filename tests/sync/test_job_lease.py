@@ -1,0 +1,26 @@
+"""The reconcile lease between jobs of one process (full, retry, upcoming share a scheduler)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import Engine
+
+from mirror.database import write_transaction
+from sync import job
+from sync.runs import lease_holder
+
+
+def test_two_jobs_of_one_process_exclude_each_other(engine: Engine) -> None:
+    async def scenario() -> None:
+        async with job._lease(engine, ttl_seconds=60):
+            first = write_transaction(engine, lambda c: lease_holder(c, job.LEASE))
+            with pytest.raises(job.LeaseHeld):
+                async with job._lease(engine, ttl_seconds=60):
+                    pass  # pragma: no cover (must not be reached)
+            # The refused job released nothing: the first still holds the lease.
+            assert write_transaction(engine, lambda c: lease_holder(c, job.LEASE)) == first
+        assert write_transaction(engine, lambda c: lease_holder(c, job.LEASE)) is None
+
+    asyncio.run(scenario())
