@@ -319,7 +319,14 @@ def _apply(connection: Connection, writes: Sequence[RecordWrite]) -> list[Outcom
         log.warning(
             "replaying %d events failed with %s; isolating them", len(writes), type(error).__name__
         )
-        return [outcome for write in writes for outcome in _apply(connection, [write])]
+        # In record order (a record's own writes keep their order), as every writer locks:
+        # one by one in event order, this transaction could deadlock with a receiver.
+        order = sorted(range(len(writes)), key=lambda i: (writes[i].resource.value,
+                                                          writes[i].record_id))  # fmt: skip
+        outcomes: dict[int, Outcome] = {}
+        for i in order:
+            (outcomes[i],) = _apply(connection, [writes[i]])
+        return [outcomes[i] for i in range(len(writes))]
 
 
 _Key = tuple[Resource, str]
