@@ -170,6 +170,19 @@ def _database(settings: Settings) -> Iterator[Engine]:
         engine.dispose()
 
 
+def _existing_mirror(settings: Settings) -> None:
+    """Commands that only read or fix a mirror refuse a SQLite file that does not exist:
+    a mistyped path would otherwise create, migrate and report an empty mirror."""
+    url = make_url(settings.database_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return
+    if not url.database.startswith("file:") and not os.path.exists(url.database):
+        raise click.ClickException(
+            f"HEALTHDOCK_DATABASE_URL: there is no SQLite mirror at {url.database} "
+            "(check the path, or create it with `healthdock-mirror migrate`)"
+        )
+
+
 def _create_private_sqlite_file(database_url: str) -> None:
     """Create a new SQLite mirror readable and writable by its owner only: it holds patient
     data, and SQLite would create it by the umask, usually readable by every local user (its
@@ -262,6 +275,7 @@ def status(run_count: int, as_json: bool) -> None:
 
     settings = _settings()
     _configure_logging(settings)
+    _existing_mirror(settings)
     # A migration note goes to stderr: stdout carries only the status (one JSON document).
     with contextlib.redirect_stdout(sys.stderr):
         _ensure_schema(settings)
@@ -377,6 +391,7 @@ def replay(
 
     settings = _settings()
     _configure_logging(settings)
+    _existing_mirror(settings)
     selection = Selection(
         since=since, until=until, event_types=event_types, statuses=statuses, source=source,
         seqs=seqs, event_ids=event_ids, everything=everything,
@@ -434,6 +449,7 @@ def prune() -> None:
         raise click.ClickException(
             "HEALTHDOCK_EVENT_RETENTION_DAYS is not set: event payloads are kept forever"
         )
+    _existing_mirror(settings)
     with _database(settings) as engine:
         removed = prune_event_payloads(engine, timedelta(days=days))
     click.echo(f"removed the payloads of {removed} applied events older than {days} days")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import Engine, select, update
 
@@ -151,3 +153,18 @@ def test_prune_removes_old_payloads_and_replay_reports_them_skipped(
     assert result.exit_code == 0, result.output
     assert "patient/OLD  applied -> skipped" in result.output
     assert "payload removed by retention" in result.output
+
+
+@pytest.mark.parametrize("command", [["status"], ["replay", "--all", "--dry-run"], ["prune"]])
+def test_commands_that_read_a_mirror_refuse_a_missing_sqlite_file(
+    tmp_path: Path, command: list[str]
+) -> None:
+    missing = tmp_path / "mirror-typo.db"
+    env = {
+        "HEALTHDOCK_DATABASE_URL": f"sqlite:///{missing}",
+        "HEALTHDOCK_EVENT_RETENTION_DAYS": "7",
+    }
+    result = CliRunner().invoke(main, command, env=env)
+    assert result.exit_code != 0
+    assert "there is no SQLite mirror at" in result.output
+    assert not missing.exists()

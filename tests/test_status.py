@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -347,6 +348,9 @@ def test_event_types_are_shown_verbatim(database_url: str, engine: Engine) -> No
 
 
 def test_a_schema_that_is_not_current(database_url: str) -> None:
+    if database_url.startswith("sqlite:///"):
+        # An existing mirror file from before a migration (a missing file is refused).
+        sqlite3.connect(database_url.removeprefix("sqlite:///")).close()
     result = invoke(database_url, "--json")
     if database_url.startswith("sqlite"):
         # The embedded default is migrated on first use, as `serve` does; stdout stays JSON.
