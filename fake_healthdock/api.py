@@ -118,8 +118,7 @@ def _list_appointments(fake: FakeHealthDock, request: Request, drift: bool) -> R
         day=day,
         doctor_id=query.get("doctor_id") or None,
         status=status,
-        search=query.get("search") or None,
-    )
+    )  # a ``search`` is ignored, as a lenient API ignores what it does not document
     return success({"appointments": listing.records, "pagination": _pagination(listing)})
 
 

@@ -209,14 +209,10 @@ class Store:
         day: date | None,
         doctor_id: str | None,
         status: str | None,
-        search: str | None,
     ) -> Listing[Appointment]:
+        # No ``search``: the API reference documents it for patients only.
         with self._lock:
             table = self.appointments
-            if search:
-                found = table.find(search)
-                records = [found[1]] if found and _passes(found[1], day, doctor_id, status) else []
-                return _listing(len(records), page, limit, lambda o, n: records[o : o + n])
             if day is None and doctor_id is None and status is None:
                 return _listing(table.count(), page, limit, lambda o, n: table.slice(o, n))
             doctor = None if doctor_id is None else self.population.doctor_number(doctor_id)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 import httpx
@@ -54,6 +55,15 @@ class _RateLimited(_Retryable):
     def __init__(self, wait: float) -> None:
         super().__init__(f"rate limited for {wait:.1f} s")
         self.wait = wait
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """A search for one record: ``record`` when found; without it, ``complete`` says whether
+    every result was read (HealthDock does not have it) or not (nothing is known)."""
+
+    record: dict[str, Any] | None
+    complete: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,15 +129,37 @@ class HealthDockClient:
         params = {"page": str(page), "limit": str(min(limit, MAX_PAGE_SIZE)), **filters}
         return await self._get(resource, params, f"{resource.value}s page {page}")
 
-    async def find(self, resource: Resource, record_id: str) -> dict[str, Any] | None:
-        """The record with exactly this id, or None when HealthDock does not have it."""
-        params = {"page": "1", "limit": str(MAX_PAGE_SIZE), "search": record_id}
-        found = await self._get(resource, params, f"{resource.value} by id")
-        for record in found.records:
-            key = record.get("id", record.get(resource.id_field))
-            if str(key) == record_id:
-                return record
-        return None
+    async def find_patient(self, record_id: str, max_pages: int = 20) -> Lookup:
+        """Look for the patient with exactly this id through ``search`` (documented as "by
+        name or ID" on ``GET /patients`` only).
+
+        A search by a short id can match many patients, so the results are paged, up to
+        ``max_pages``; a search that still has pages left then confirms nothing either way.
+        """
+        number, total = 1, 1
+        while number <= total:
+            if number > max_pages:
+                return Lookup(None, complete=False)
+            params = {"page": str(number), "limit": str(MAX_PAGE_SIZE), "search": record_id}
+            found = await self._get(Resource.PATIENT, params, f"patient by id, page {number}")
+            for record in found.records:
+                if _record_id(record, Resource.PATIENT) == record_id:
+                    return Lookup(record, complete=True)
+            total = found.total_pages
+            number += 1
+        return Lookup(None, complete=True)
+
+    async def appointments_on(self, day: date) -> dict[str, dict[str, Any]]:
+        """Every appointment HealthDock lists under ``date=day`` (all pages), by id."""
+        records: dict[str, dict[str, Any]] = {}
+        number, total = 1, 1
+        while number <= total:
+            found = await self.page(Resource.APPOINTMENT, number, date=day.isoformat())
+            for record in found.records:
+                records[_record_id(record, Resource.APPOINTMENT)] = record
+            total = found.total_pages
+            number += 1
+        return records
 
     async def _get(self, resource: Resource, params: Mapping[str, str], what: str) -> Page:
         retrying = AsyncRetrying(
@@ -215,6 +247,10 @@ def _page(document: Any, key: str) -> Page:
     except (KeyError, TypeError, ValueError):
         # A body cut short can still be valid JSON only by accident; treat it as a glitch.
         raise _Retryable(f"unexpected response shape for {key}") from None
+
+
+def _record_id(record: dict[str, Any], resource: Resource) -> str:
+    return str(record.get("id", record.get(resource.id_field)))
 
 
 def _error_code(response: httpx.Response) -> str:

@@ -9,10 +9,11 @@ checkpoint, so a pass that dies resumes where it stopped.
 **Sweep.** Page-number pagination is not a snapshot: records inserted or deleted while we
 page shift the pages, so a record can be missed without having been deleted. A live record
 that a *complete* pass did not mark is therefore only a candidate. Records written after
-the pass began (by a webhook, say) are never candidates. Each candidate is confirmed by
-asking HealthDock for that id; only a record HealthDock does not return is tombstoned
-(``deleted_at``; nothing is physically deleted), and one it returns is applied instead.
-An incomplete pass sweeps nothing. A brake holds the sweep when the candidates exceed a
+the pass began (by a webhook, say) are never candidates. Each candidate is confirmed with
+HealthDock, only in ways its API reference documents (see ``_Confirmer``): a record it
+returns is applied, never deleted; one it surely does not have is tombstoned
+(``deleted_at``; nothing is physically deleted); one it cannot say about stays live for the
+next pass. An incomplete pass sweeps nothing. A brake holds the sweep when the candidates exceed a
 share of the live records (with a small absolute floor): an upstream bug that returns empty
 pages must not erase a hospital's mirror; an operator releases it with
 ``sync --allow-mass-delete``.
@@ -26,21 +27,23 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import msgspec
-from sqlalchemy import Engine, Select, func, or_, select
+from sqlalchemy import Engine, Select, and_, case, func, literal, null, or_, select
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.expression import ColumnElement
 
 from mirror.database import read_transaction, write_transaction
 from mirror.eventlog import APPLIED, RECONCILE, IncomingEvent, Outcome, store_events
 from mirror.events import Event, PayloadError, RecordWrite, Resource, record_write
 from mirror.guard import CREATED, DELETED, RESTORED, UPDATED
 from mirror.records import apply_writes
-from mirror.schema import MIRRORED_TABLES
+from mirror.schema import MIRRORED_TABLES, sync_runs
 from mirror.versions import Action
 from sync import runs
 from sync.client import HealthDockClient, UpstreamError
@@ -382,42 +385,112 @@ async def _sweep(
         )
         log.warning("%s pass %d held by the mass-delete brake", resource.value, run.id)
         return
-    semaphore = asyncio.Semaphore(max(1, options.concurrency))
-
-    async def confirm(record_id: str) -> RecordWrite:
-        async with semaphore:
-            record = await client.find(resource, record_id)
-        if record is not None:
-            write = _api_write(resource, record)
-            if write is not None:
-                return write
-        # HealthDock does not have it: a delete as of now, which an older event cannot undo.
-        return record_write(resource, Action.DELETE, _now_iso(), {resource.id_field: record_id})
-
-    after = ""
+    previous = await asyncio.to_thread(
+        read_transaction, engine, functools.partial(_previous_complete_pass, run=run)
+    )
+    confirmer = _Confirmer(client, resource, options.concurrency)
+    after, kept = "", 0
     while True:
-        ids = functools.partial(_candidate_ids, resource=resource, run=run, after=after)
+        ids = functools.partial(
+            _candidates, resource=resource, run=run, previous=previous, after=after
+        )
         chunk = await asyncio.to_thread(read_transaction, engine, ids)
         if not chunk:
-            return
-        after = chunk[-1]
+            break
+        after = chunk[-1].id
         # A task group, not gather: when one confirmation gives up, the others are cancelled,
         # so nothing keeps asking HealthDock after the pass is recorded as incomplete.
         try:
             async with asyncio.TaskGroup() as tasks:
-                confirming = [tasks.create_task(confirm(record_id)) for record_id in chunk]
+                confirming = [tasks.create_task(confirmer.confirm(c)) for c in chunk]
         except BaseExceptionGroup as group:
             raise _first_leaf(group) from None
-        writes = [task.result() for task in confirming]
+        writes = [write for task in confirming if (write := task.result()) is not None]
+        kept += len(chunk) - len(writes)
+        if not writes:
+            continue
         apply = functools.partial(_apply_confirmations, run=run, writes=writes)
         counts = await asyncio.to_thread(write_transaction, engine, apply)
         _count(result, counts, 0, pages=0)
+    if kept:
+        log.info(
+            "%s pass %d: %d candidates left live (unusable, or not surely gone)",
+            resource.value, run.id, kept,
+        )  # fmt: skip
+
+
+# The fake files an appointment under its day in India (HealthDock's hospitals keep IST);
+# the API reference does not say which day ``date`` means, so the UTC day is asked too.
+_IST = timezone(timedelta(hours=5, minutes=30))
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    id: str
+    date_time: datetime | None  # an appointment's, as the mirror has it
+    missed_before: bool  # the previous complete pass did not list it either
+
+
+class _Confirmer:
+    """Asks HealthDock about each candidate, only in ways its API reference documents.
+
+    A patient is looked up with ``search`` (documented "by name or ID"), every page of it.
+    ``GET /appointments`` documents no search (a lenient API would ignore one and answer
+    page 1 of everything), so an appointment is looked for among those listed on the day the
+    mirror has it on. A record that moved to another day is not found there; so an
+    appointment not found is tombstoned only when the previous complete pass missed it too:
+    a record missed once by page drift is left for the next pass, never deleted.
+    """
+
+    def __init__(self, client: HealthDockClient, resource: Resource, concurrency: int) -> None:
+        self._client = client
+        self._resource = resource
+        self._semaphore = asyncio.Semaphore(max(1, concurrency))
+        # One listing per day for the whole sweep: candidates often share a day.
+        self._days: dict[date, dict[str, dict[str, Any]]] = {}
+        self._day_locks: defaultdict[date, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def confirm(self, candidate: _Candidate) -> RecordWrite | None:
+        """The write the candidate needs: the record HealthDock has, or a delete; None when
+        neither is sure (it stays live, a candidate again next pass)."""
+        async with self._semaphore:
+            if self._resource is Resource.PATIENT:
+                lookup = await self._client.find_patient(candidate.id)
+                record, gone = lookup.record, lookup.complete
+            else:
+                record = await self._find_appointment(candidate)
+                gone = candidate.missed_before
+        if record is not None:
+            # HealthDock has it: never a delete, even when it cannot be applied (it was
+            # logged by _api_write, without data).
+            return _api_write(self._resource, record)
+        if not gone:
+            return None
+        # HealthDock does not have it: a delete as of now, which an older event cannot undo.
+        return record_write(
+            self._resource, Action.DELETE, _now_iso(), {self._resource.id_field: candidate.id}
+        )
+
+    async def _find_appointment(self, candidate: _Candidate) -> dict[str, Any] | None:
+        if candidate.date_time is None:
+            return None
+        days = {candidate.date_time.astimezone(_IST).date(), candidate.date_time.date()}
+        for day in sorted(days):
+            async with self._day_locks[day]:
+                if day not in self._days:
+                    self._days[day] = await self._client.appointments_on(day)
+            record = self._days[day].get(candidate.id)
+            if record is not None:
+                return record
+        return None
 
 
 def _apply_confirmations(
     connection: Connection, run: runs.Run, writes: Sequence[RecordWrite]
 ) -> dict[str, int]:
-    effects = apply_writes(connection, writes)
+    # A record HealthDock returned was there during this pass, as if listed: the next pass
+    # must not count it as missed twice. (Marking the tombstoned ones changes nothing.)
+    effects = apply_writes(connection, writes, seen_in_run=run.id)
     counts = _record_changes(connection, run, writes, effects)
     runs.record_progress(connection, run.id, counts)
     return counts
@@ -444,13 +517,60 @@ def _count_candidates(connection: Connection, resource: Resource, run: runs.Run)
     return int(candidates), int(live)
 
 
-def _candidate_ids(
-    connection: Connection, resource: Resource, run: runs.Run, after: str
-) -> list[str]:
+def _previous_complete_pass(connection: Connection, run: runs.Run) -> runs.Run | None:
+    """The last full pass over the resource before ``run`` that listed every page (a held
+    pass did: only its sweep waits)."""
+    row = connection.execute(
+        select(sync_runs.c.id, sync_runs.c.started_at)
+        .where(
+            sync_runs.c.resource == run.resource,
+            sync_runs.c.kind == "full",
+            sync_runs.c.outcome.in_((runs.SUCCESS, runs.HELD)),
+            sync_runs.c.id < run.id,
+        )
+        .order_by(sync_runs.c.id.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    return runs.Run(row.id, run.resource, _utc(row.started_at), 0, resumed=False)
+
+
+def _candidates(
+    connection: Connection,
+    resource: Resource,
+    run: runs.Run,
+    previous: runs.Run | None,
+    after: str,
+) -> list[_Candidate]:
     """The next candidates by id after ``after``: memory stays flat however many there are."""
     table = MIRRORED_TABLES[resource.value]
-    query = _unseen(resource, run).where(table.c.id > after).order_by(table.c.id)
-    return [str(i) for i in connection.execute(query.limit(_CANDIDATE_CHUNK)).scalars()]
+    if previous is None:
+        missed: ColumnElement[bool] = literal(False)
+    else:
+        # Listed by an earlier pass but not the previous one; or never listed, and in the
+        # mirror unchanged since before the previous pass began (so it was there to list).
+        missed = or_(
+            table.c.seen_in_run < previous.id,
+            and_(table.c.seen_in_run.is_(None), table.c.mirrored_at < previous.started_at),
+        )
+    when = table.c.date_time if resource is Resource.APPOINTMENT else null()
+    query = (
+        _unseen(resource, run)
+        .add_columns(when, case((missed, True), else_=False))
+        .where(table.c.id > after)
+        .order_by(table.c.id)
+        .limit(_CANDIDATE_CHUNK)
+    )
+    return [
+        _Candidate(str(row[0]), _utc(row[1]) if row[1] is not None else None, bool(row[2]))
+        for row in connection.execute(query)
+    ]
+
+
+def _utc(moment: datetime) -> datetime:
+    # SQLite hands back the naive UTC it stores.
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _now_iso() -> str:

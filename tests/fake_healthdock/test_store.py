@@ -66,7 +66,7 @@ def test_filters_agree_with_a_scan_of_the_truth(make_fake: MakeFake) -> None:
             and a.status == filters.get("status", a.status)
         ]
         options = {"day": None, "doctor_id": None, "status": None, **filters}
-        listing = fake.store.list_appointments(page=1, limit=100, search=None, **options)  # type: ignore[arg-type]
+        listing = fake.store.list_appointments(page=1, limit=100, **options)  # type: ignore[arg-type]
         assert [a.id for a in listing.records] == wanted[:100], filters
         assert listing.total_count == len(wanted)
 

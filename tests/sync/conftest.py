@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -25,7 +25,11 @@ class Upstream:
         self.fake = fake
         self.app = create_app(fake)
 
-    def client(self, reserve: float = 0.2) -> HealthDockClient:
+    def client(
+        self, reserve: float = 0.2, wrap: Callable[[Any], Any] | None = None
+    ) -> HealthDockClient:
+        """A client of the fake; ``wrap`` puts an ASGI layer in front of it (a HealthDock
+        that answers differently from the fake)."""
         return HealthDockClient(
             "http://healthdock.test/v1",
             API_KEY,
@@ -33,7 +37,7 @@ class Upstream:
             attempts=10,
             # Retries back off for real, but briefly: the faults are seeded, not timing.
             max_backoff_seconds=0.05,
-            transport=httpx.ASGITransport(app=self.app),
+            transport=httpx.ASGITransport(app=self.app if wrap is None else wrap(self.app)),
         )
 
     def records(self, resource: Resource) -> Iterator[dict[str, Any]]:
@@ -67,7 +71,7 @@ class Upstream:
         for patient in list(itertools.islice(self.fake.patients(), count)):
             self.fake.delete_patient(patient.id)
 
-    def set_faults(self, **rates: float) -> None:
+    def set_faults(self, **rates: Any) -> None:
         self.fake.faults = Faults(**rates)
 
     def rate_limited_count(self) -> int:

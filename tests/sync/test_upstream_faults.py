@@ -4,8 +4,8 @@
 429 storms and page drift, all switched on together, on a real loopback socket, while
 HealthDock's staff create, update and delete records. Over several syncs: the mirror never
 tombstones a record HealthDock still has (checked after every pass), every run's outcome and
-counts are recorded in ``sync_runs``, and one clean sync after the faults stop makes the
-mirror equal to HealthDock.
+counts are recorded in ``sync_runs``, and two clean syncs after the faults stop make the
+mirror equal to HealthDock (an appointment is tombstoned by the second pass that misses it).
 """
 
 from __future__ import annotations
@@ -78,10 +78,13 @@ def test_all_faults_at_once_no_false_tombstone_and_convergence(
         results += asyncio.run(sync_while_staff_work(fake, base_url, engine, attempts=attempts))
     fake.faults = Faults()
     wait_until_held_requests_finish(fake)  # a spiked list request can still drift the data
+    # Two clean syncs: an appointment is tombstoned only by the second complete pass that
+    # misses it (once could be page drift), so deletions the faulty syncs left need both.
     clean = asyncio.run(sync_while_staff_work(fake, base_url, engine, staff_work=False))
+    clean += asyncio.run(sync_while_staff_work(fake, base_url, engine, staff_work=False))
     results += clean
 
-    assert [r.outcome for r in clean] == ["success", "success"], [r.error for r in clean]
+    assert [r.outcome for r in clean] == ["success"] * 4, [r.error for r in clean]
     for resource in Resource:
         assert mirror_of(engine, resource) == truth_of(fake, resource)
     runs = recorded_runs(engine)
@@ -206,7 +209,10 @@ def assert_plausible(runs: list[Any], results: list[PassResult], fake: FakeHealt
             assert run.tombstoned == 0  # an incomplete pass sweeps nothing
         else:
             assert run.pages >= 1
-            assert run.requests >= run.pages + run.candidates  # each candidate confirmed
+            # Each patient candidate is confirmed by its own search; appointments on one day
+            # share that day's listing.
+            confirmations = run.candidates if run.resource == "patient" else min(run.candidates, 1)
+            assert run.requests >= run.pages + confirmations
             assert run.tombstoned <= run.candidates
     stats = fake.stats
     # Every request HealthDock saw is counted on a run: none was sent after its pass ended
