@@ -238,7 +238,7 @@ def test_a_killed_lease_holder_is_taken_over_and_its_pass_resumed(
             for service in (first, second):
                 by_holder[str(service.pid)] = service
             run_id, holder = wait_for(lambda: _running_pass(engine), "no pass got under way")
-            victim = by_holder[holder.rsplit(":", 1)[1]]
+            victim = by_holder[_holder_pid(holder)]
             survivor = second if victim is first else first
             victim.kill()
             killed_at = datetime.now(UTC)
@@ -305,6 +305,11 @@ def _note_run_writes(engine: Engine) -> None:
         )
 
 
+def _holder_pid(holder: str) -> str:
+    """The process id in a lease holder's name (host:pid:taking)."""
+    return holder.split(":")[-2]
+
+
 def _lease_holder(engine: Engine) -> str | None:
     with engine.connect() as connection:
         holder = connection.execute(
@@ -328,17 +333,13 @@ def test_a_paused_lease_holder_stops_once_it_finds_its_lease_taken_over(
         ):
             names = {first.pid: "w0", second.pid: "w1"}
             run_id, holder = wait_for(lambda: _running_pass(engine), "no pass got under way")
-            victim = first if holder.endswith(f":{first.pid}") else second
+            victim = first if _holder_pid(holder) == str(first.pid) else second
             survivor = second if victim is first else first
             os.killpg(victim.pid, signal.SIGSTOP)
             stopped_at = datetime.now(UTC)
             try:
                 wait_for(
-                    lambda: (
-                        _lease_holder(engine)
-                        == holder.replace(f":{victim.pid}", f":{survivor.pid}")
-                        or None
-                    ),
+                    lambda: _holder_pid(_lease_holder(engine) or "::") == str(survivor.pid) or None,
                     "the lease was not taken over",
                 )
             finally:
