@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from sqlalchemy.engine import make_url
 
+from bench.databases import drop_pg_database, pg_service_url, pg_settings, recreate_pg_database
 from bench.ingest.events import write_events
 from bench.processes import BenchError, die_with_parent, port_is_free, stop, unwind_on_signals
 
@@ -228,36 +228,6 @@ def run_wrk(
 # --- databases ------------------------------------------------------------------------------
 
 
-def _pg_service_url(admin_url: str, database: str) -> str:
-    return make_url(admin_url).set(database=database).render_as_string(hide_password=False)
-
-
-def recreate_pg_database(admin_url: str, database: str) -> None:
-    # FORCE: a killed server's connections may linger for a moment after it is gone.
-    with psycopg.connect(admin_url, autocommit=True) as connection:
-        name = sql.Identifier(database)
-        connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
-        connection.execute(sql.SQL("CREATE DATABASE {}").format(name))
-
-
-def drop_pg_database(admin_url: str, database: str) -> None:
-    with psycopg.connect(admin_url, autocommit=True) as connection:
-        connection.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
-        )
-
-
-def pg_settings(admin_url: str) -> dict[str, str]:
-    """The settings that decide what a PostgreSQL commit costs, recorded with the results."""
-    names = ("server_version", "fsync", "synchronous_commit", "wal_sync_method", "commit_delay")
-    settings = {}
-    with psycopg.connect(admin_url, autocommit=True) as connection:
-        for name in names:
-            row = connection.execute("SELECT current_setting(%s)", (name,)).fetchone()
-            settings[name] = str(row[0]) if row else "?"
-    return settings
-
-
 _COUNT_QUERY = "SELECT status, count(*) FROM webhook_events GROUP BY status"
 
 
@@ -338,7 +308,7 @@ def prepare_database(kind: str, workdir: Path, label: str, args: argparse.Namesp
         # `serve` migrates a fresh SQLite file itself, as it would on a first start.
         return f"sqlite:///{workdir / f'{label}.db'}"
     recreate_pg_database(args.pg_admin_url, args.pg_database)
-    url = _pg_service_url(args.pg_admin_url, args.pg_database)
+    url = pg_service_url(args.pg_admin_url, args.pg_database)
     migrate = subprocess.run(
         [str(BIN / "healthdock-mirror"), "migrate"],
         env=service_env(url, args),

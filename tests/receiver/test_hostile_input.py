@@ -44,7 +44,7 @@ from mirror.migrate import upgrade
 from mirror.schema import webhook_events
 from receiver import create_app
 from receiver.signature import SIGNATURE_HEADER, sign, stringify
-from tests.conftest import POSTGRES_URL, make_settings, postgres_schema
+from tests.conftest import BACKENDS, make_settings, postgres_schema
 from tests.factories import SECRET, TIMESTAMPS, appointment, encode, event, patient, signed
 
 URL = "/webhooks/healthdock"
@@ -226,15 +226,7 @@ async def _call_asgi(
 
 @pytest.fixture(
     scope="module",
-    params=[
-        "sqlite",
-        pytest.param(
-            "postgresql",
-            marks=pytest.mark.skipif(
-                not POSTGRES_URL, reason="HEALTHDOCK_TEST_POSTGRES_URL is not set"
-            ),
-        ),
-    ],
+    params=BACKENDS,
 )
 def target(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory

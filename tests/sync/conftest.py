@@ -9,9 +9,11 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from sqlalchemy import Engine, select
 
 from fake_healthdock import FakeHealthDock, Faults, create_app
 from mirror.events import Resource
+from mirror.schema import appointments, patients
 from sync.client import HealthDockClient
 
 API_KEY = "test-api-key"
@@ -100,3 +102,28 @@ def rate_limited() -> Upstream:
             window_seconds=1,
         )
     )
+
+
+Document = dict[str, Any]
+
+
+def mirror_of(engine: Engine, resource: Resource) -> dict[str, Document]:
+    """Live records as the mirror's raw JSON, keyed by id, without the key's own name."""
+    table = patients if resource is Resource.PATIENT else appointments
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(table.c.id, table.c.raw).where(table.c.deleted_at.is_(None))
+        )
+        return {row.id: _content(row.raw, resource) for row in rows}
+
+
+def truth_of(upstream: Upstream | FakeHealthDock, resource: Resource) -> dict[str, Document]:
+    """What HealthDock holds, in the form of :func:`mirror_of`."""
+    fake = upstream.fake if isinstance(upstream, Upstream) else upstream
+    source = fake.patients() if resource is Resource.PATIENT else fake.appointments()
+    records = (msgspec.to_builtins(record) for record in source)
+    return {str(r["id"]): _content(r, resource) for r in records}
+
+
+def _content(record: Document, resource: Resource) -> Document:
+    return {k: v for k, v in record.items() if k not in ("id", resource.id_field)}

@@ -23,7 +23,7 @@ from mirror.eventlog import RECONCILE
 from mirror.events import Resource
 from mirror.schema import appointments, patients, webhook_events
 from sync.reconcile import PassOptions, PassResult, reconcile
-from tests.sync.conftest import Upstream
+from tests.sync.conftest import Upstream, mirror_of, truth_of
 
 OPTIONS = PassOptions(page_size=100, concurrency=4, mass_delete_floor=10)
 Document = dict[str, Any]
@@ -104,19 +104,6 @@ def live_ids(engine: Engine, resource: Resource) -> set[str]:
         return set(
             connection.execute(select(table.c.id).where(table.c.deleted_at.is_(None))).scalars()
         )
-
-
-def mirror_of(engine: Engine, resource: Resource) -> dict[str, Document]:
-    table = patients if resource is Resource.PATIENT else appointments
-    with engine.connect() as connection:
-        rows = connection.execute(
-            select(table.c.id, table.c.raw).where(table.c.deleted_at.is_(None))
-        )
-        return {row.id: row.raw for row in rows}
-
-
-def truth_of(upstream: Upstream, resource: Resource) -> dict[str, Document]:
-    return {str(r["id"]): r for r in upstream.records(resource)}
 
 
 @pytest.mark.parametrize("resource", list(Resource))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select
@@ -11,9 +10,9 @@ from sqlalchemy import Engine, func, select
 from mirror.database import write_transaction
 from mirror.eventlog import RECONCILE
 from mirror.events import Resource
-from mirror.schema import appointments, patients, sync_runs, webhook_events
+from mirror.schema import patients, sync_runs, webhook_events
 from sync.reconcile import PassOptions, PassResult, reconcile
-from tests.sync.conftest import Upstream
+from tests.sync.conftest import Upstream, mirror_of, truth_of
 
 pytestmark = pytest.mark.usefixtures("engine")
 
@@ -28,24 +27,6 @@ def run_pass(
             return await reconcile(engine, client, resource, options)
 
     return asyncio.run(go())
-
-
-def mirror_of(engine: Engine, resource: Resource) -> dict[str, dict[str, Any]]:
-    """Live records as the mirror's raw JSON, keyed by id, without the key's own name."""
-    table = patients if resource is Resource.PATIENT else appointments
-    with engine.connect() as connection:
-        rows = connection.execute(
-            select(table.c.id, table.c.raw).where(table.c.deleted_at.is_(None))
-        )
-        return {row.id: _content(row.raw, resource) for row in rows}
-
-
-def _content(record: dict[str, Any], resource: Resource) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if k not in ("id", resource.id_field)}
-
-
-def truth_of(upstream: Upstream, resource: Resource) -> dict[str, dict[str, Any]]:
-    return {str(r["id"]): _content(r, resource) for r in upstream.records(resource)}
 
 
 def test_full_reconcile_from_empty_equals_the_truth(engine: Engine, upstream: Upstream) -> None:

@@ -19,7 +19,6 @@ from dataclasses import asdict
 from typing import Any
 
 import httpx
-import msgspec
 import pytest
 from sqlalchemy import Engine, func, select
 
@@ -29,7 +28,7 @@ from mirror.schema import appointments, patients, sync_runs
 from sync.client import HealthDockClient
 from sync.reconcile import PassOptions, PassResult, reconcile
 from tests.sync.conftest import API_KEY as UPSTREAM_API_KEY
-from tests.sync.conftest import Upstream
+from tests.sync.conftest import Upstream, mirror_of, truth_of
 
 API_KEY = "faults-api-key"
 # Attempts per request in each faulty sync: with 2, some passes give up and end incomplete.
@@ -223,25 +222,6 @@ def assert_plausible(runs: list[Any], results: list[PassResult], fake: FakeHealt
     assert sum(run.rate_limited for run in runs) <= stats.stormed + stats.rate_limited
     failures = stats.errors + stats.resets + stats.truncated + stats.spikes
     assert 0 < sum(run.errors for run in runs) <= failures, asdict(stats)
-
-
-def mirror_of(engine: Engine, resource: Resource) -> dict[str, dict[str, Any]]:
-    table = patients if resource is Resource.PATIENT else appointments
-    with engine.connect() as connection:
-        rows = connection.execute(
-            select(table.c.id, table.c.raw).where(table.c.deleted_at.is_(None))
-        )
-        return {row.id: _content(row.raw, resource) for row in rows}
-
-
-def truth_of(fake: FakeHealthDock, resource: Resource) -> dict[str, dict[str, Any]]:
-    source = fake.patients() if resource is Resource.PATIENT else fake.appointments()
-    records = (msgspec.to_builtins(record) for record in source)
-    return {str(r["id"]): _content(r, resource) for r in records}
-
-
-def _content(record: dict[str, Any], resource: Resource) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if k not in ("id", resource.id_field)}
 
 
 def test_a_pass_that_gives_up_while_confirming_leaves_nothing_running(
