@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,9 +34,10 @@ from sqlalchemy import select
 from mirror.database import create_mirror_engine
 from mirror.migrate import upgrade
 from mirror.schema import patients, webhook_events
-from tests.factories import SECRET, encode, event, patient, signed
+from tests.factories import encode, event, patient, signed
+from tests.support.services import COMMAND, environment, free_port, service
 
-RECEIVER = (str(Path(sys.executable).with_name("healthdock-mirror")),)
+RECEIVER = COMMAND
 _URL_PATH = "/webhooks/healthdock"
 
 
@@ -55,51 +54,6 @@ class CrashReport:
             f"kills={self.kills} acknowledged={self.acknowledged} stored={self.stored} "
             f"lost={self.lost} stored-but-unacknowledged={self.stored_unacknowledged}"
         )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@contextlib.contextmanager
-def _receiver(command: Sequence[str], database_url: str, port: int, log: Path) -> Iterator[int]:
-    """A receiver process group on ``port``; yields its pid once it is ready."""
-    env = {
-        **os.environ,
-        "HEALTHDOCK_DATABASE_URL": database_url,
-        "HEALTHDOCK_WEBHOOK_SECRET": SECRET.decode(),
-        "HEALTHDOCK_PORT": str(port),
-    }
-    env.pop("HEALTHDOCK_API_KEY", None)
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [*command, "serve", "--no-scheduler"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own group: the kill takes the committer too
-        )
-    try:
-        _wait_ready(f"http://127.0.0.1:{port}/readyz", process)
-        yield process.pid
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the receiver exited with {process.returncode} before ready")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"the receiver was not ready within {seconds:.0f} s")
 
 
 def _send_forever(port: int, acknowledged: Path, connections: int) -> None:
@@ -162,10 +116,14 @@ def run_crashes(
         ],
     )  # fmt: skip
     try:
+        env = environment(database_url, port=port)
+        url = f"http://127.0.0.1:{port}"
         for _ in range(kills):
-            with _receiver(receiver, database_url, port, workdir / "receiver.log"):
+            arguments = ["serve", "--no-scheduler"]
+            log = workdir / "receiver.log"
+            with service(arguments, env, log, url=url, command=receiver) as running:
                 time.sleep(chance.uniform(*up_seconds))
-            # Leaving the block is the SIGKILL of the whole process group.
+                running.kill()  # SIGKILL of the whole process group, committer included
     finally:
         sender.terminate()
         sender.wait()

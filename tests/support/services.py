@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,7 @@ import httpx
 
 from tests.factories import SECRET
 
-COMMAND = str(Path(sys.executable).with_name("healthdock-mirror"))
+COMMAND = (str(Path(sys.executable).with_name("healthdock-mirror")),)
 
 
 def free_port() -> int:
@@ -84,12 +84,18 @@ class Service:
 
 @contextlib.contextmanager
 def service(
-    arguments: list[str], env: Mapping[str, str], log: Path, *, url: str | None = None
+    arguments: list[str],
+    env: Mapping[str, str],
+    log: Path,
+    *,
+    url: str | None = None,
+    command: Sequence[str] = COMMAND,
 ) -> Iterator[Service]:
-    """Run ``healthdock-mirror <arguments>``; with ``url``, wait until its /readyz answers 200."""
+    """Run ``healthdock-mirror <arguments>`` (or ``command``, a stand-in for it); with ``url``,
+    wait until its /readyz answers 200."""
     with log.open("ab") as out:
         process = subprocess.Popen(
-            [COMMAND, *arguments],
+            [*command, *arguments],
             env=dict(env),
             stdout=out,
             stderr=subprocess.STDOUT,
