@@ -54,6 +54,9 @@ def _datetime(value: object) -> datetime | None:
 def _int(value: object) -> int | None:
     if isinstance(value, bool):
         return None
+    if isinstance(value, float) and value.is_integer():
+        # JSON has one number type: 3.0e1 and 30.0 denote the integer 30, as 30 does.
+        value = int(value)
     if isinstance(value, int):
         return value if -(2**31) <= value < 2**31 else None
     if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value) < 10:

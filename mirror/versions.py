@@ -85,6 +85,12 @@ def _parse_common(text: str) -> Instant | None:
     """The usual forms (whole seconds or milliseconds, with a zone), without the regex."""
     if len(text) not in (20, 24, 25, 29) or text[10] != "T" or text[4] != "-":
         return None
+    # datetime keeps microseconds and silently drops further digits: a fraction longer than
+    # six digits (29 characters also fits ``.12345678Z``) takes the exact path.
+    if text[19:20] in (".", ","):
+        after_point = text[20:]
+        if len(after_point) - len(after_point.lstrip("0123456789")) > 6:
+            return None
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:

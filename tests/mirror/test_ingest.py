@@ -230,3 +230,26 @@ def test_concurrent_writers_of_the_same_new_records_converge(engine: Engine) -> 
         receipts = [r for batch in pool.map(lambda b: ingest(engine, b), batches) for r in batch]
     assert {receipt.status for receipt in receipts} <= {"applied", "duplicate"}
     assert mirror_rows(engine) == expected
+
+
+def test_an_eight_digit_fraction_is_newer_than_a_seven_digit_one(engine: Engine) -> None:
+    """The probe's case: .12345678 was truncated to .123456 and lost to an older .1234567."""
+    older = incoming(
+        event("patient.updated", patient("PAT1", phone="older"), "2024-01-12T10:30:00.1234567Z")
+    )
+    newer = incoming(
+        event("patient.updated", patient("PAT1", phone="newer"), "2024-01-12T10:30:00.12345678Z")
+    )
+    receipts = ingest(engine, [older]) + ingest(engine, [newer])
+    assert [r.effect for r in receipts] == ["created", "updated"]
+    with engine.connect() as connection:
+        row = connection.execute(select(patients)).one()
+    assert row.phone == "newer"
+    assert row.source_version == "2024-01-12T10:30:00.123456780Z"
+
+
+def test_an_integral_number_written_as_a_float_fills_its_integer_column(engine: Engine) -> None:
+    # 3.0e1 in the signed bytes denotes 30: JSON has one number type.
+    ingest(engine, [incoming(event("appointment.created", appointment("APT1", duration=30.0)))])
+    with engine.connect() as connection:
+        assert connection.execute(select(appointments.c.duration)).scalar_one() == 30

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mirror.versions import VersionError, parse_instant
 
@@ -48,3 +52,62 @@ def test_keys_sort_as_instants_across_day_boundaries() -> None:
 def test_invalid_timestamps_raise_version_error(text: object) -> None:
     with pytest.raises(VersionError):
         parse_instant(text)
+
+
+@pytest.mark.parametrize(
+    ("newer", "older"),
+    [
+        # The probe's cases: 29 characters fits the fast path's length, eight digits did not.
+        ("2024-01-12T10:30:00.12345678Z", "2024-01-12T10:30:00.1234567Z"),
+        ("2024-01-12T10:30:00.00000001Z", "2024-01-12T10:30:00.000000005Z"),
+        ("2024-01-12T10:30:00.1234561+05:30", "2024-01-12T10:30:00.123456+05:30"),
+    ],
+)
+def test_fractions_longer_than_microseconds_keep_their_digits(newer: str, older: str) -> None:
+    assert parse_instant(newer) > parse_instant(older)
+
+
+def _exact_nanoseconds(date: str, clock: str, fraction: str, zone_minutes: int | None) -> int:
+    """Nanoseconds since the epoch, by integer arithmetic alone (the reference)."""
+    year, month, day = (int(part) for part in date.split("-"))
+    hour, minute, second = (int(part) for part in clock.split(":"))
+    days = (datetime.date(year, month, day) - datetime.date(1970, 1, 1)).days
+    seconds = days * 86400 + hour * 3600 + minute * 60 + second - 60 * (zone_minutes or 0)
+    return seconds * 10**9 + int(fraction.ljust(9, "0") or "0")
+
+
+def _zone_text(minutes: int | None, style: int) -> str:
+    if minutes is None:
+        return ""
+    if minutes == 0 and style == 0:
+        return "Z"
+    sign = "-" if minutes < 0 else "+"
+    hours, rest = divmod(abs(minutes), 60)
+    return f"{sign}{hours:02d}:{rest:02d}" if style < 2 else f"{sign}{hours:02d}{rest:02d}"
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    moment=st.datetimes(
+        min_value=datetime.datetime(1900, 1, 2), max_value=datetime.datetime(2200, 12, 30)
+    ),
+    fraction=st.text("0123456789", min_size=0, max_size=9),
+    zone_minutes=st.one_of(st.none(), st.integers(min_value=-23 * 60 - 59, max_value=23 * 60 + 59)),
+    style=st.integers(min_value=0, max_value=2),
+)
+def test_every_fraction_and_zone_parses_exactly(
+    moment: datetime.datetime, fraction: str, zone_minutes: int | None, style: int
+) -> None:
+    date, clock = moment.strftime("%Y-%m-%d"), moment.strftime("%H:%M:%S")
+    text = f"{date}T{clock}{'.' + fraction if fraction else ''}{_zone_text(zone_minutes, style)}"
+    instant = parse_instant(text)
+    epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+    seconds = (instant.seconds - epoch) // datetime.timedelta(seconds=1)
+    assert seconds * 10**9 + instant.nanos == _exact_nanoseconds(
+        date, clock, fraction, zone_minutes
+    )
+
+
+def test_more_than_nine_fraction_digits_are_refused() -> None:
+    with pytest.raises(VersionError):
+        parse_instant("2024-01-12T10:30:00.1234567891+05:30")
