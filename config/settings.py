@@ -37,6 +37,15 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # The HTTP server's own limits (receiver/server.py), so that no client can hold the
+    # receiver's memory, CPU or sockets. A request's head is its request line and headers.
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024, le=1024 * 1024)
+    # From a connection's opening (or a request's first byte) until its head is complete.
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # From the end of the head until the whole body is in: 1 MiB in 30 s is 35 kB/s.
+    body_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    # Open connections at once; more are answered 503 with Retry-After and closed.
+    max_connections: int = Field(default=256, ge=1, le=65_536)
     # Group commit: events arriving together share one transaction and one fsync.
     intake_max_batch: int = Field(default=256, ge=1, le=10_000)
     database_timeout_seconds: float = Field(default=5.0, gt=0)
@@ -115,6 +124,15 @@ class Settings(BaseSettings):
     @property
     def webhook_secrets(self) -> tuple[bytes, ...]:
         return tuple(s.get_secret_value().encode() for s in self.webhook_secret)
+
+    @property
+    def secret_values(self) -> tuple[str, ...]:
+        """Every configured secret as text (the database password included): what the logs
+        mask should it ever show up in a line."""
+        secrets = [*self.webhook_secret, self.api_key, self.admin_token]
+        values = [s.get_secret_value().strip() for s in secrets if s is not None]
+        values.append(make_url(self.database_url).password or "")
+        return tuple(value for value in values if value)
 
     @property
     def database_url_shown(self) -> str:

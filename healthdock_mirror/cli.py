@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -14,13 +13,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
-from pythonjsonlogger.core import RESERVED_ATTRS
-from pythonjsonlogger.json import JsonFormatter
 from sqlalchemy import Engine
-from sqlalchemy.engine import make_url
 
 from config import Settings, SettingsError, load_settings
-from mirror.database import DatabaseUnavailable, create_mirror_engine, is_sqlite
+from config.logs import configure_logging
+from mirror.database import DatabaseUnavailable, create_mirror_engine, is_sqlite, sqlite_file
 from mirror.events import Resource
 from mirror.migrate import current_revision, head_revision, upgrade
 
@@ -33,26 +30,7 @@ def _settings(**overrides: Any) -> Settings:
 
 
 def _configure_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler()
-    if settings.log_format == "json":
-        # One object a line: timestamp (UTC, ISO 8601), level, logger, message, then any extras.
-        handler.setFormatter(
-            JsonFormatter(
-                "{levelname}{name}{message}",
-                style="{",
-                rename_fields={"levelname": "level", "name": "logger"},
-                # uvicorn's copy of each message with terminal colour codes: noise in JSON.
-                reserved_attrs=[*RESERVED_ATTRS, "color_message"],
-                timestamp=True,
-            )
-        )
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=settings.log_level, handlers=[handler])
-    # Alembic announces its dialect on every schema check (readyz); APScheduler every job.
-    # httpx logs each request's URL, and a URL's query can hold a search term: never.
-    for noisy in ("alembic.runtime.migration", "apscheduler", "httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging(settings.log_level, settings.log_format, secrets=settings.secret_values)
 
 
 @click.group()
@@ -83,10 +61,9 @@ def migrate() -> None:
 @click.option("--scheduler/--no-scheduler", default=True, help="Also run the reconcile jobs.")
 def serve(host: str | None, port: int | None, access_log: bool, scheduler: bool) -> None:
     """Run the webhook receiver (and the reconcile scheduler, unless told not to)."""
-    import uvicorn
-
     from receiver import create_app
     from receiver.metrics import Metrics
+    from receiver.server import serve as serve_receiver
 
     settings = _settings(host=host, port=port)
     _configure_logging(settings)
@@ -106,14 +83,8 @@ def serve(host: str | None, port: int | None, access_log: bool, scheduler: bool)
                 running_scheduler, settings, on_rate_budget=metrics.observe_rate_budget
             )
         )
-    uvicorn.run(
-        create_app(settings, services=services, metrics=metrics),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        access_log=access_log,
-        # uvicorn would otherwise replace the logging set up above.
-        log_config=None,
+    serve_receiver(
+        create_app(settings, services=services, metrics=metrics), settings, access_log=access_log
     )
 
 
@@ -156,7 +127,6 @@ def _ensure_schema(settings: Settings) -> None:
 @contextlib.contextmanager
 def _database(settings: Settings) -> Iterator[Engine]:
     """An engine for one command; an unreachable database is reported by its setting."""
-    _create_private_sqlite_file(settings.database_url)
     engine = create_mirror_engine(
         settings.database_url, timeout_seconds=settings.database_timeout_seconds
     )
@@ -173,28 +143,12 @@ def _database(settings: Settings) -> Iterator[Engine]:
 def _existing_mirror(settings: Settings) -> None:
     """Commands that only read or fix a mirror refuse a SQLite file that does not exist:
     a mistyped path would otherwise create, migrate and report an empty mirror."""
-    url = make_url(settings.database_url)
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return
-    if not url.database.startswith("file:") and not os.path.exists(url.database):
+    path = sqlite_file(settings.database_url)
+    if path is not None and not path.exists():
         raise click.ClickException(
-            f"HEALTHDOCK_DATABASE_URL: there is no SQLite mirror at {url.database} "
+            f"HEALTHDOCK_DATABASE_URL: there is no SQLite mirror at {path} "
             "(check the path, or create it with `healthdock-mirror migrate`)"
         )
-
-
-def _create_private_sqlite_file(database_url: str) -> None:
-    """Create a new SQLite mirror readable and writable by its owner only: it holds patient
-    data, and SQLite would create it by the umask, usually readable by every local user (its
-    -wal and -shm files take the database file's mode). An existing file keeps its mode: the
-    operator may have granted analysts access."""
-    url = make_url(database_url)
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return
-    if url.database.startswith("file:"):
-        return  # a URI filename: SQLite's to interpret
-    with contextlib.suppress(FileExistsError, FileNotFoundError):
-        os.close(os.open(url.database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 _RESOURCES = {"patients": Resource.PATIENT, "appointments": Resource.APPOINTMENT}
@@ -213,8 +167,8 @@ def sync(resource: str | None, allow_mass_delete: bool) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
+    from mirror.states import RunOutcome
     from sync.job import LeaseHeld, run_reconcile
-    from sync.runs import SUCCESS
 
     settings = _settings()
     _configure_logging(settings)
@@ -252,7 +206,7 @@ def sync(resource: str | None, allow_mass_delete: bool) -> None:
         )  # fmt: skip
     # Piped into a file or a script, rich would squeeze the table into 80 columns.
     Console(width=None if sys.stdout.isatty() else 140).print(table)
-    problems = [r for r in results if r.outcome != SUCCESS]
+    problems = [r for r in results if r.outcome != RunOutcome.SUCCESS]
     for result in problems:
         console.print(f"[red]{result.resource}: {result.outcome}: {result.error}[/red]")
     if problems:

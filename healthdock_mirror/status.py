@@ -19,15 +19,18 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.engine import Connection
 
 from mirror.database import read_transaction
-from mirror.eventlog import APPLIED, FAILED, IGNORED, PENDING, RECONCILE, WEBHOOK
 from mirror.schema import appointments, patients, sync_runs, webhook_events
+from mirror.states import UNSETTLED, EventSource, EventStatus
 
 WINDOW = timedelta(days=1)
 """The recent past that event counts and healed totals cover."""
 
-_EVENT_STATUSES = (APPLIED, IGNORED, FAILED, PENDING)
-_UNAPPLIED = (PENDING, FAILED)
-_SOURCES = (WEBHOOK, RECONCILE)
+_EVENT_STATUSES = (
+    EventStatus.APPLIED,
+    EventStatus.IGNORED,
+    EventStatus.FAILED,
+    EventStatus.PENDING,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +118,8 @@ def gather_status(engine: Engine, *, runs: int = 10, now: datetime | None = None
 
 def _gather(connection: Connection, runs: int, now: datetime) -> MirrorStatus:
     window_start = now - WINDOW
-    by_status = dict.fromkeys(_EVENT_STATUSES, 0)
-    by_source = dict.fromkeys(_SOURCES, 0)
+    by_status = dict.fromkeys(map(str, _EVENT_STATUSES), 0)
+    by_source = dict.fromkeys(map(str, EventSource), 0)
     by_type: dict[str, int] = {}
     recent = connection.execute(
         select(
@@ -132,10 +135,10 @@ def _gather(connection: Connection, runs: int, now: datetime) -> MirrorStatus:
         by_status[status] = by_status.get(status, 0) + count
         by_source[source] = by_source.get(source, 0) + count
         by_type[event_type] = by_type.get(event_type, 0) + count
-    unapplied = dict.fromkeys(_UNAPPLIED, 0)
+    unapplied = dict.fromkeys(map(str, UNSETTLED), 0)
     unapplied_rows = connection.execute(
         select(webhook_events.c.status, func.count())
-        .where(webhook_events.c.status.in_(_UNAPPLIED))
+        .where(webhook_events.c.status.in_(UNSETTLED))
         .group_by(webhook_events.c.status)
     )
     for status, count in unapplied_rows:
@@ -197,7 +200,7 @@ def _oldest_unapplied(connection: Connection, now: datetime) -> UnappliedEvent |
             webhook_events.c.attempts,
             webhook_events.c.error,
         )
-        .where(webhook_events.c.status.in_(_UNAPPLIED))
+        .where(webhook_events.c.status.in_(UNSETTLED))
         .order_by(webhook_events.c.received_at, webhook_events.c.seq)
         .limit(1)
     ).first()
@@ -220,7 +223,7 @@ def _last_webhook_at(connection: Connection) -> datetime | None:
     # Walks the received_at index from the newest end to the first event a webhook brought.
     received_at = connection.execute(
         select(webhook_events.c.received_at)
-        .where(webhook_events.c.source == WEBHOOK)
+        .where(webhook_events.c.source == EventSource.WEBHOOK)
         .order_by(webhook_events.c.received_at.desc())
         .limit(1)
     ).scalar_one_or_none()
@@ -410,7 +413,7 @@ def _lag_table(status: MirrorStatus) -> Table:
     since = status.seconds_since_last_webhook
     shown = "never" if last is None or since is None else f"{_shown(last)} ({_human(since)} ago)"
     _row(table, "last webhook", shown)
-    for state in _UNAPPLIED:
+    for state in UNSETTLED:
         _row(table, f"{state} events", status.unapplied[state])
     oldest = status.oldest_unapplied
     if oldest is None:

@@ -5,6 +5,11 @@ short lock waits instead of failing, and ``synchronous=FULL`` so a committed eve
 power cut. Writers start with ``BEGIN IMMEDIATE`` so two writers queue on the lock instead of
 deadlocking when one upgrades from reading to writing.
 
+A new SQLite file is created readable and writable by its owner only, before SQLite would create
+it by the umask (usually readable by every local user): it holds patient data. SQLite gives its
+``-wal`` and ``-shm`` files the database file's mode, so they are private too. An existing file
+keeps its mode: the operator may have granted analysts access.
+
 A connection that failed in a way that outlives the fault (SQLite: opened while the file was
 read-only, an I/O error; PostgreSQL: a read-only standby) is closed rather than pooled, so the
 service recovers by itself once the database does.
@@ -13,14 +18,19 @@ service recovers by itself once the database does.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 import psycopg
 from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.pool import QueuePool
+from sqlalchemy.util import asbool
 
 T = TypeVar("T")
 
@@ -33,6 +43,83 @@ _SQLITE_REOPEN = frozenset({8, 10, 14})  # SQLITE_READONLY, SQLITE_IOERR, SQLITE
 
 class DatabaseUnavailable(Exception):
     """The database cannot be reached, is locked or refuses writes; retry later."""
+
+
+@dataclass(frozen=True, slots=True)
+class _SqliteTarget:
+    path: Path
+    created_when_absent: bool  # false for the URI modes ro and rw: SQLite then refuses instead
+
+
+def sqlite_file(database_url: str) -> Path | None:
+    """The file a SQLite URL opens, as the driver resolves it (a relative name against the
+    working directory); None for a URL that names no lasting file: not SQLite, ``:memory:``,
+    ``mode=memory``, or an empty name (SQLite's temporary database)."""
+    target = _sqlite_target(database_url)
+    return target.path if target is not None else None
+
+
+def create_private_sqlite_file(database_url: str) -> None:
+    """Create the SQLite file ``database_url`` names, mode 0600, if it is absent and SQLite
+    would create it on opening. Anything in the way (no such directory, no permission) is left
+    for SQLite to report when it opens the file."""
+    target = _sqlite_target(database_url)
+    if target is None or not target.created_when_absent:
+        return
+    with contextlib.suppress(OSError):
+        # O_EXCL: an existing file, or a link planted in its place, is never touched.
+        os.close(os.open(target.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+def _sqlite_target(database_url: str) -> _SqliteTarget | None:
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite":
+        return None
+    # As SQLAlchemy's pysqlite dialect (create_connect_args) reads the URL: with uri=true the
+    # name goes to SQLite as a URI filename, with the URL's other query options appended.
+    if not asbool(url.query.get("uri", False)):
+        return _plain_target(url.database or ":memory:")
+    name = url.database or ""
+    if not name.startswith("file:"):
+        return _plain_target(name)  # an ordinary file name, even with URIs enabled
+    options = {
+        key: value
+        for key, value in url.query.items()
+        if key not in _PYSQLITE_OPTIONS and isinstance(value, str)
+    }
+    if options:
+        name += "?" + "&".join(f"{key}={value}" for key, value in options.items())
+    return _uri_target(name)
+
+
+def _plain_target(name: str) -> _SqliteTarget | None:
+    return None if name in ("", ":memory:") else _SqliteTarget(Path(os.path.abspath(name)), True)
+
+
+# The query options that the pysqlite dialect gives the driver rather than SQLite's URI.
+_PYSQLITE_OPTIONS = frozenset(
+    {"uri", "timeout", "isolation_level", "detect_types", "check_same_thread", "cached_statements"}
+)
+
+
+def _uri_target(uri: str) -> _SqliteTarget | None:
+    """The file of a SQLite URI filename, by the rules of https://sqlite.org/uri.html."""
+    rest = uri.removeprefix("file:")
+    if rest.startswith("//"):
+        authority, slash, path = rest[2:].partition("/")
+        if authority not in ("", "localhost"):
+            return None  # SQLite refuses to open it
+        rest = slash + path
+    path, _, query = rest.partition("#")[0].partition("?")
+    parameters = {}
+    for pair in query.split("&"):
+        key, _, value = pair.partition("=")
+        parameters[unquote(key)] = unquote(value)
+    path = unquote(path)
+    mode = parameters.get("mode", "rwc")
+    if path in ("", ":memory:") or mode == "memory" or parameters.get("vfs") == "memdb":
+        return None
+    return _SqliteTarget(Path(os.path.abspath(path)), created_when_absent=mode == "rwc")
 
 
 def create_mirror_engine(database_url: str, *, timeout_seconds: float = 5.0) -> Engine:
@@ -66,6 +153,12 @@ def _sqlite_engine(database_url: str, timeout_seconds: float) -> Engine:
         max_overflow=4,
         pool_timeout=timeout_seconds,
     )
+
+    @event.listens_for(engine, "do_connect")
+    def _before_connect(*_: Any) -> None:
+        # Every path to a new file (the command line, the receiver, `alembic upgrade head`)
+        # opens it through an engine made here.
+        create_private_sqlite_file(database_url)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -41,6 +41,8 @@ class IncomingEvent:
     body: bytes
     headers: Sequence[tuple[str, str]]
     received_at: datetime
+    # Why a verified body could not be read as an event: it is stored as failed, for replay.
+    unreadable: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +211,34 @@ def record_replays(connection: Connection, outcomes: Sequence[tuple[int, Outcome
             .where(by_seq)
             .values(status=FAILED, error=bindparam("error_"), attempts=_next_attempt()),
             failed,
+        )
+
+
+def record_identities(connection: Connection, identified: Sequence[tuple[int, Event]]) -> None:
+    """Fill in what each event (by ``seq``) is, for events stored before they could be read."""
+    rows = [
+        {
+            "seq_": seq,
+            "event_type_": event.event_type,
+            "event_timestamp_": event.timestamp,
+            "resource_": event.write.resource.value if event.write else None,
+            "record_id_": event.write.record_id if event.write else None,
+            "version_": event.write.version if event.write else None,
+        }
+        for seq, event in identified
+    ]
+    if rows:
+        connection.execute(
+            update(webhook_events)
+            .where(webhook_events.c.seq == bindparam("seq_"))
+            .values(
+                event_type=bindparam("event_type_"),
+                event_timestamp=bindparam("event_timestamp_"),
+                resource=bindparam("resource_"),
+                record_id=bindparam("record_id_"),
+                version=bindparam("version_"),
+            ),
+            rows,
         )
 
 

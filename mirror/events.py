@@ -6,6 +6,8 @@ Pure functions over an already verified body; nothing here touches the database.
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -45,6 +47,7 @@ EVENT_TYPES: Mapping[str, tuple[Resource, Action]] = {
 }
 
 _MAX_ID_LENGTH = 128
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 _MAX_TYPE_LENGTH = 64
 _MAX_TIMESTAMP_LENGTH = 64  # webhook_events.event_timestamp
 # Far deeper than any HealthDock body, and far from the interpreter's recursion limit, which
@@ -73,6 +76,52 @@ class Event:
     event_type: str
     timestamp: str
     write: RecordWrite | None  # None for event types we do not support yet
+
+
+def decode_document(body: bytes) -> object:
+    """Decode a body that can be read one way only.
+
+    Duplicate member names are refused: the signed reading of such bytes need not be the one a
+    later reader (SQLite's ``json_extract``, a feed consumer) takes. So are lone UTF-16
+    surrogate escapes (``"\\ud800"``, which JSON.stringify writes): no text column can store
+    them. The usual body, compact as JSON.stringify writes it, is proven unique by encoding
+    it back to the same bytes; any other takes the slower exact check.
+    """
+    try:
+        document = msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        _exact_decode(body)  # raises with the reason, unless the JSON is merely unusual
+        if _SURROGATE_ESCAPE.search(body):
+            raise PayloadError(
+                "body holds a lone UTF-16 surrogate escape (\\ud800-\\udfff), which no "
+                "text column can store"
+            ) from None
+        raise PayloadError("body is not JSON the mirror can read") from None
+    if msgspec.json.encode(document) != body:
+        _exact_decode(body)
+    return document
+
+
+def _exact_decode(body: bytes) -> object:
+    def unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        members = dict(pairs)
+        if len(members) != len(pairs):
+            raise PayloadError("body holds an object with duplicate member names")
+        return members
+
+    def constant(name: str) -> object:
+        raise PayloadError(f"body holds {name}, which is not JSON")
+
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        raise PayloadError("body is not UTF-8") from None
+    try:
+        return json.loads(text, object_pairs_hook=unique, parse_constant=constant)
+    except RecursionError:
+        raise PayloadError(f"body is nested more than {MAX_NESTING} levels deep") from None
+    except json.JSONDecodeError:
+        raise PayloadError("body is not valid JSON") from None
 
 
 def content_digest(content: object) -> str:
@@ -146,6 +195,37 @@ def record_write(
     )
     digest = content_digest([record_id, content])
     return RecordWrite(resource, record_id, action, Version(instant, action, digest).key, fields)
+
+
+def read_event(body: bytes) -> Event:
+    """The event a verified body holds; :class:`PayloadError` says why when it holds none."""
+    return parse_event(decode_document(body))
+
+
+def unreadable_event(body: bytes) -> Event:
+    """What can safely be said of a verified body that :func:`read_event` refused.
+
+    Its type and timestamp when they are plain short strings (so an operator can filter on
+    them), else empty; never its id, so that redeliveries are recognized by the digest of the
+    signed bytes alone.
+    """
+    try:
+        document = msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        document = None
+    members = document if isinstance(document, dict) else {}
+
+    def plain(name: str, limit: int) -> str:
+        value = members.get(name)
+        ok = isinstance(value, str) and len(value) <= limit and "\x00" not in value
+        return value if ok else ""  # type: ignore[return-value]
+
+    return Event(
+        event_id=None,
+        event_type=plain("event", _MAX_TYPE_LENGTH),
+        timestamp=plain("timestamp", _MAX_TIMESTAMP_LENGTH),
+        write=None,
+    )
 
 
 def parse_event(document: object) -> Event:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from mirror.states import Effect
 from mirror.versions import Action
 
 
@@ -42,30 +43,22 @@ class RecordState:
         return max(filter(None, (self.content_version, self.deleted_version)), default=None)
 
 
-# Effects of one write, as recorded on its event.
-CREATED = "created"
-UPDATED = "updated"
-DELETED = "deleted"
-RESTORED = "restored"
-STALE = "stale"
-
-
 def merge(
     state: RecordState, action: Action, version_key: str, fields: Mapping[str, Any] | None
-) -> tuple[RecordState, str]:
+) -> tuple[RecordState, Effect]:
     """Apply one write to a record's state; return the new state and the write's effect."""
     if action is Action.DELETE:
         if state.deleted_version is not None and version_key <= state.deleted_version:
-            return state, STALE
+            return state, Effect.STALE
         new = replace(state, deleted_version=version_key)
     else:
         if state.content_version is not None and version_key <= state.content_version:
-            return state, STALE
+            return state, Effect.STALE
         new = replace(state, content_version=version_key, fields=fields)
         if _digest(version_key) == _digest(state.content_version) and not state.deleted:
             # The same content under a newer version (HealthDock's copy of what a webhook
             # already brought): the row keeps the greater version; nothing visible changed.
-            return new, STALE
+            return new, Effect.STALE
     return new, _effect(state, new)
 
 
@@ -73,12 +66,12 @@ def _digest(version_key: str | None) -> str | None:
     return None if version_key is None else version_key.rsplit("|", 1)[1]
 
 
-def _effect(old: RecordState, new: RecordState) -> str:
+def _effect(old: RecordState, new: RecordState) -> Effect:
     if new.deleted:
         # Under a tombstone only the last-known content can change: the record stays deleted.
-        return STALE if old.deleted else DELETED
+        return Effect.STALE if old.deleted else Effect.DELETED
     if old.deleted and not new.deleted:
-        return RESTORED
+        return Effect.RESTORED
     if not old.exists:
-        return CREATED
-    return UPDATED
+        return Effect.CREATED
+    return Effect.UPDATED

@@ -8,7 +8,7 @@ event, and an event that still fails is stored as ``failed`` with its error, for
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -66,17 +66,24 @@ def _store_and_apply(connection: Connection, batch: Sequence[IncomingEvent]) -> 
     fresh = [item for item in _first_copies(batch) if _key(item) not in seen]
     writes = [item.event.write for item in fresh if item.event.write is not None]
     effects = iter(apply_writes(connection, writes))
-    outcomes = [
-        (item, Outcome(APPLIED, next(effects)) if item.event.write else Outcome(IGNORED))
-        for item in fresh
-    ]
+    outcomes = [(item, _outcome(item, effects)) for item in fresh]
     return _receipts(batch, store_events(connection, outcomes), _by_key(outcomes))
+
+
+def _outcome(item: IncomingEvent, effects: Iterator[str]) -> Outcome:
+    if item.unreadable is not None:
+        return Outcome(FAILED, error=item.unreadable)
+    if item.event.write is None:
+        return Outcome(IGNORED)
+    return Outcome(APPLIED, next(effects))
 
 
 def _store_failed(
     connection: Connection, batch: Sequence[IncomingEvent], reason: str
 ) -> list[Receipt]:
-    outcomes = [(item, Outcome(FAILED, error=reason)) for item in _first_copies(batch)]
+    outcomes = [
+        (item, Outcome(FAILED, error=item.unreadable or reason)) for item in _first_copies(batch)
+    ]
     return _receipts(batch, store_events(connection, outcomes), _by_key(outcomes))
 
 

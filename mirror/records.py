@@ -16,6 +16,7 @@ from mirror.driver import BulkStatement, Driver, unnest
 from mirror.events import RecordWrite, Resource
 from mirror.guard import RecordState, merge
 from mirror.schema import MIRRORED_TABLES
+from mirror.states import Effect
 from mirror.versions import VersionError, instant_of_key, parse_instant
 
 
@@ -185,14 +186,15 @@ _STATEMENTS = {resource: _Statements(resource) for resource in Resource}
 
 def apply_writes(
     connection: Connection, writes: Sequence[RecordWrite], *, seen_in_run: int | None = None
-) -> list[str]:
+) -> list[Effect]:
     """Apply writes in order inside the caller's transaction; return each write's effect.
 
-    Effects are those of ``mirror.guard`` (``created``, ``updated``, ``deleted``, ``restored``,
+    Effects are the ordering guard's (``created``, ``updated``, ``deleted``, ``restored``,
     ``stale``), one per write, in the order given. With ``seen_in_run``, every record written
     to, changed or not, is marked as listed by that reconcile pass.
     """
-    effects: list[str] = ["" for _ in writes]
+    # Every position is filled below: each write is merged once, in order.
+    effects: list[Effect] = [Effect.STALE for _ in writes]
     driver = Driver.of(connection)
     stamp = driver.timestamp(datetime.now(UTC))
     for resource in Resource:
@@ -235,7 +237,7 @@ def _insert_absent(
     writes: Sequence[RecordWrite],
     positions: Sequence[int],
     present: Mapping[str, RecordState],
-    effects: list[str],
+    effects: list[Effect],
     stamp: object,
     seen_in_run: int | None,
 ) -> set[str]:
@@ -262,7 +264,7 @@ def _merge(
     writes: Sequence[RecordWrite],
     positions: Sequence[int],
     before: Mapping[str, RecordState],
-    effects: list[str],
+    effects: list[Effect],
 ) -> dict[str, RecordState]:
     """Each record's state after its writes (in order), from ``before`` or from nothing."""
     states: dict[str, RecordState] = {}

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
 from sqlalchemy import ColumnElement, Engine, Row, func, or_, select
 from sqlalchemy.engine import Connection
 
@@ -38,12 +37,14 @@ from mirror.eventlog import (
     RECONCILE,
     WEBHOOK,
     Outcome,
+    record_identities,
     record_replays,
 )
-from mirror.events import PayloadError, RecordWrite, Resource, parse_event
-from mirror.guard import CREATED, DELETED, RESTORED, UPDATED, RecordState, merge
+from mirror.events import Event, PayloadError, RecordWrite, Resource, read_event
+from mirror.guard import RecordState, merge
 from mirror.records import apply_writes
 from mirror.schema import MIRRORED_TABLES, webhook_events
+from mirror.states import Effect
 from mirror.versions import Action
 
 log = logging.getLogger(__name__)
@@ -243,14 +244,18 @@ def _replay_batch(connection: Connection, rows: Sequence[Row[Any]]) -> list[Repl
     """Apply one batch inside the caller's transaction and record each event's outcome."""
     writes: dict[int, RecordWrite] = {}
     decided: dict[int, Outcome] = {}
+    identified: list[tuple[int, Event]] = []
     for row in rows:
         if row.body is None:
             continue
         try:
-            write = _write_of(row)
+            event, write = _write_of(row)
         except PayloadError as error:
             decided[row.seq] = Outcome(FAILED, error=f"payload: {error}")
             continue
+        if row.event_type != event.event_type or (write is not None and row.resource is None):
+            # Stored as unreadable when it arrived; now it is read, its row says what it is.
+            identified.append((row.seq, event))
         if write is None:
             decided[row.seq] = Outcome(IGNORED)
         else:
@@ -258,6 +263,7 @@ def _replay_batch(connection: Connection, rows: Sequence[Row[Any]]) -> list[Repl
     states = _record_states(connection, list(writes.values()))
     applied = dict(zip(writes, _apply(connection, list(writes.values())), strict=True))
     record_replays(connection, [*decided.items(), *applied.items()])
+    record_identities(connection, identified)
 
     results = []
     for row in rows:
@@ -287,20 +293,17 @@ def _replay_batch(connection: Connection, rows: Sequence[Row[Any]]) -> list[Repl
     return results
 
 
-def _write_of(row: Row[Any]) -> RecordWrite | None:
-    """The write a stored event makes, as when it first arrived; None for unknown types."""
-    try:
-        document = msgspec.json.decode(row.body)
-    except (msgspec.DecodeError, RecursionError):
-        raise PayloadError("body is not valid JSON") from None
-    write = parse_event(document).write
+def _write_of(row: Row[Any]) -> tuple[Event, RecordWrite | None]:
+    """The stored event, and the write it makes as when it first arrived (None: unknown type)."""
+    event = read_event(row.body)
+    write = event.write
     if write is not None and row.source == RECONCILE and row.version:
         # A reconcile event is named by the change it found (created, updated, deleted), but
         # its write was HealthDock's record as of its updated_at: an update. The stored
         # version says which, so the replay is the very write the reconcile made.
         action = Action(int(row.version.split("|")[1]))
         write = dataclasses.replace(write, action=action, version=row.version)
-    return write
+    return event, write
 
 
 def _apply(connection: Connection, writes: Sequence[RecordWrite]) -> list[Outcome]:
@@ -369,10 +372,10 @@ def _changed_fields(
     after, _ = merge(before, write.action, write.version, write.fields)
     states[key] = after
     names: list[str] = []
-    if effect in (CREATED, UPDATED, RESTORED):
+    if effect in (Effect.CREATED, Effect.UPDATED, Effect.RESTORED):
         ignored = {"id", write.resource.id_field}
         names = _differing(before.fields or {}, after.fields or {}, ignored)
-    if effect in (DELETED, RESTORED):
+    if effect in (Effect.DELETED, Effect.RESTORED):
         names.append("deleted_at")
     return tuple(names)
 

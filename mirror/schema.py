@@ -24,6 +24,8 @@ from sqlalchemy import (
     text,
 )
 
+from mirror.states import UNSETTLED
+
 metadata = MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -83,6 +85,9 @@ appointments = Table(
     Index(None, "patient_id"),
 )
 
+# The partial index's predicate, written as its readers must write it for the index to serve.
+UNSETTLED_EVENTS = f"status IN ({', '.join(repr(str(status)) for status in UNSETTLED)})"
+
 webhook_events = Table(
     "webhook_events",
     metadata,
@@ -113,8 +118,8 @@ webhook_events = Table(
     Index(
         "ix_webhook_events_unsettled",
         "status",
-        sqlite_where=text("status IN ('pending', 'failed')"),
-        postgresql_where=text("status IN ('pending', 'failed')"),
+        sqlite_where=text(UNSETTLED_EVENTS),
+        postgresql_where=text(UNSETTLED_EVENTS),
     ),
     Index(None, "resource", "record_id"),
     Index(None, "txid", "seq"),

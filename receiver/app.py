@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
+from litestar.openapi.spec import Components
 from sqlalchemy import Engine
 
 from config import Settings
 from mirror.database import create_mirror_engine
 from mirror.migrate import head_revision, is_current
+from receiver.admin import ADMIN_SCHEME, ADMIN_SECURITY_SCHEME, configured_admin_token
 from receiver.errors import EXCEPTION_HANDLERS
 from receiver.feed import read_events
 from receiver.health import healthz, readyz
 from receiver.intake import Intake
 from receiver.metrics import Metrics, metrics_endpoint
 from receiver.webhooks import receive_webhook
+
+log = logging.getLogger(__name__)
 
 
 class SchemaNotCurrent(Exception):
@@ -41,6 +47,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        if settings.admin_token is not None and configured_admin_token(settings) is None:
+            # Set, so meant to enable them; blank, so they stay closed (403): say so once.
+            log.warning(
+                "HEALTHDOCK_ADMIN_TOKEN is blank: the admin and feed endpoints are disabled"
+            )
         engine = create_mirror_engine(
             settings.database_url, timeout_seconds=settings.database_timeout_seconds
         )
@@ -53,6 +64,8 @@ def create_app(
                 settings.database_url,
                 timeout_seconds=settings.database_timeout_seconds,
                 max_batch=settings.intake_max_batch,
+                log_level=settings.log_level,
+                log_format=settings.log_format,
             )
             await intake.start()
             app.state.engine = engine
@@ -73,7 +86,16 @@ def create_app(
         lifespan=[lifespan],
         exception_handlers=dict(EXCEPTION_HANDLERS),
         request_max_body_size=settings.max_body_bytes,
-        openapi_config=OpenAPIConfig(title="healthdock-mirror", version="0.1.0", path="/schema"),
+        openapi_config=OpenAPIConfig(
+            title="healthdock-mirror",
+            version="0.1.0",
+            path="/schema",
+            # The documents only: Litestar's HTML pages (Swagger, ReDoc...) load their scripts
+            # from a CDN, which a hospital network may not reach and should not have to trust.
+            # /schema itself answers the JSON document.
+            render_plugins=[JsonRenderPlugin(), YamlRenderPlugin()],
+            components=Components(security_schemes={ADMIN_SCHEME: ADMIN_SECURITY_SCHEME}),
+        ),
         debug=False,
         # Logging is the entry point's to configure (and never logs request bodies).
         logging_config=None,

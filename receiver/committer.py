@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import multiprocessing
 import os
 import socket
@@ -29,10 +30,14 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import msgspec
+from sqlalchemy.engine import make_url
 
+from config.logs import configure_logging
 from mirror.eventlog import IncomingEvent
 from mirror.events import Event, RecordWrite, Resource
 from mirror.versions import Action
+
+log = logging.getLogger(__name__)
 
 _READY = "ready"
 _UNAVAILABLE = "unavailable"
@@ -42,9 +47,19 @@ _PRELOAD = ["mirror.ingest", "mirror.events", "sqlalchemy", "psycopg"]
 
 # (resource, record id, action, version key, fields), as parsed by the receiver.
 WriteFrame = tuple[str, str, int, str, Mapping[str, Any] | None]
-# (source, dedup key, body, headers, received at, event id, event type, timestamp, write)
+# (source, dedup key, body, headers, received at, event id, event type, timestamp, write,
+#  why the body could not be read)
 EventFrame = tuple[
-    str, str, bytes, list[tuple[str, str]], float, str | None, str, str, WriteFrame | None
+    str,
+    str,
+    bytes,
+    list[tuple[str, str]],
+    float,
+    str | None,
+    str,
+    str,
+    WriteFrame | None,
+    str | None,
 ]
 ReceiptFrame = tuple[int | None, str, str | None]
 
@@ -63,13 +78,22 @@ def answer_deadline(timeout_seconds: float) -> float:
     return 2 * timeout_seconds + 2.0
 
 
-def run_committer(database_url: str, timeout_seconds: float, channel: Connection) -> None:
+def run_committer(
+    database_url: str,
+    timeout_seconds: float,
+    channel: Connection,
+    log_level: str = "INFO",
+    log_format: str = "text",
+) -> None:
     """The child's main loop: one batch in, its receipts out, until the parent goes away."""
     from mirror.database import DatabaseUnavailable, create_mirror_engine
     from mirror.ingest import ingest
 
+    # A process of its own: the receiver's logging setup does not reach it.
+    configure_logging(log_level, log_format, secrets=[make_url(database_url).password or ""])
     engine = create_mirror_engine(database_url, timeout_seconds=timeout_seconds)
     channel.send_bytes(msgspec.msgpack.encode(_READY))
+    log.info("committer started (pid %d)", os.getpid())
     try:
         while True:
             try:
@@ -88,7 +112,7 @@ def run_committer(database_url: str, timeout_seconds: float, channel: Connection
 
 def _incoming(frame: EventFrame) -> IncomingEvent:
     """The event the receiver verified and parsed, rebuilt without parsing it again."""
-    source, key, body, headers, received, event_id, event_type, timestamp, write = frame
+    source, key, body, headers, received, event_id, event_type, timestamp, write, unreadable = frame
     record_write = None
     if write is not None:
         resource, record_id, action, version, fields = write
@@ -100,15 +124,24 @@ def _incoming(frame: EventFrame) -> IncomingEvent:
         body,
         [(name, value) for name, value in headers],
         datetime.fromtimestamp(received, UTC),
+        unreadable,
     )
 
 
 class CommitterClient:
     """The receiver's side: start the child, send a batch, await its receipts."""
 
-    def __init__(self, database_url: str, timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        timeout_seconds: float,
+        *,
+        log_level: str = "INFO",
+        log_format: str = "text",
+    ) -> None:
         self._database_url = database_url
         self._timeout = timeout_seconds
+        self._logging = (log_level, log_format)
         self._deadline = answer_deadline(timeout_seconds)
         self._process: multiprocessing.process.BaseProcess | None = None
         self._reader: asyncio.StreamReader | None = None
@@ -120,7 +153,7 @@ class CommitterClient:
         ours, theirs = context.Pipe(duplex=True)
         process = context.Process(
             target=run_committer,
-            args=(self._database_url, self._timeout, theirs),
+            args=(self._database_url, self._timeout, theirs, *self._logging),
             name="healthdock-committer",
             daemon=True,
         )

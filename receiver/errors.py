@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request, Response
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 
 from mirror.database import DatabaseUnavailable
 from mirror.events import PayloadError
+from mirror.feed import FeedError
 from receiver.intake import IntakeClosed
 from receiver.signature import SignatureError
 
@@ -84,6 +86,37 @@ def _payload(_: Request[Any, Any, Any], error: PayloadError) -> Response[dict[st
     return envelope(400, "INVALID_REQUEST", str(error))
 
 
+def _feed(_: Request[Any, Any, Any], error: FeedError) -> Response[dict[str, Any]]:
+    return envelope(400, "INVALID_REQUEST", str(error))
+
+
+# Quoted values in a validation message are what the client sent ("Invalid enum value 'x'").
+_QUOTED = re.compile(r"'[^']*'")
+
+
+def _validation(_: Request[Any, Any, Any], error: ValidationException) -> Response[dict[str, Any]]:
+    """Litestar's message quotes the request's URL, query string and all, and a query value can
+    be anything a client typed (a patient's name): name each bad parameter and its rule only."""
+    problems = [
+        {
+            "parameter": str(item["key"]),
+            # Litestar's ParamType, or "body": say "query", not "ParamType.QUERY".
+            "in": str(getattr(item.get("source"), "value", item.get("source", "request"))),
+            "rule": _QUOTED.sub("(value not shown)", str(item.get("message", "invalid"))),
+        }
+        for item in (error.extra if isinstance(error.extra, list) else [])
+        if isinstance(item, dict) and "key" in item
+    ]
+    if problems:
+        message = "; ".join(f"{p['in']} parameter {p['parameter']}: {p['rule']}" for p in problems)
+        return envelope(400, "INVALID_REQUEST", message, {"parameters": problems})
+    detail = str(error.detail)
+    # "Missing required query parameter 'x' for path /...?...": the name is ours, the path not.
+    if detail.startswith("Missing required "):
+        return envelope(400, "INVALID_REQUEST", detail.partition(" for path ")[0])
+    return envelope(400, "INVALID_REQUEST", "the request's parameters are invalid")
+
+
 def _unavailable(_: Request[Any, Any, Any], error: Exception) -> Response[dict[str, Any]]:
     return envelope(
         503,
@@ -109,6 +142,8 @@ def _internal(_: Request[Any, Any, Any], error: Exception) -> Response[dict[str,
 EXCEPTION_HANDLERS: Mapping[Any, Callable[..., Response[Any]]] = {
     SignatureError: _signature,
     PayloadError: _payload,
+    FeedError: _feed,
+    ValidationException: _validation,
     DatabaseUnavailable: _unavailable,
     IntakeClosed: _unavailable,
     TimeoutError: _unavailable,

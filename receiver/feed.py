@@ -6,12 +6,11 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from litestar import Request, get
-from litestar.exceptions import ValidationException
 from litestar.params import Parameter, QueryParameter
 from sqlalchemy import Engine
 
-from mirror.feed import DEFAULT_LIMIT, MAX_LIMIT, FeedError, FeedPage, read_feed
-from receiver.admin import require_admin_token
+from mirror.feed import DEFAULT_LIMIT, MAX_LIMIT, FeedPage, read_feed
+from receiver.admin import ADMIN_SECURITY, require_admin_token
 from receiver.errors import error_responses
 
 
@@ -34,6 +33,7 @@ class FeedEnvelope:
     ),
     tags=["feed"],
     guards=[require_admin_token],
+    security=ADMIN_SECURITY,
     responses=error_responses(400, 401, 403, 503),
     sync_to_thread=True,
 )
@@ -55,8 +55,5 @@ def read_events(
 ) -> FeedEnvelope:
     engine: Engine = request.app.state.engine
     types = {part.strip() for part in (event_type or "").split(",") if part.strip()}
-    try:
-        page = read_feed(engine, after, limit=limit, event_types=types)
-    except FeedError as error:
-        raise ValidationException(str(error)) from None
-    return FeedEnvelope(True, page)
+    # A bad cursor raises FeedError: receiver.errors answers it 400.
+    return FeedEnvelope(True, read_feed(engine, after, limit=limit, event_types=types))

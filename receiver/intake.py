@@ -45,14 +45,25 @@ def _frame(item: IncomingEvent) -> EventFrame:
             write.version,
             write.fields,
         ),
+        item.unreadable,
     )
 
 
 class Intake:
     """Batches concurrent events and has the committer store each batch in one commit."""
 
-    def __init__(self, database_url: str, *, timeout_seconds: float, max_batch: int) -> None:
-        self._committer = CommitterClient(database_url, timeout_seconds)
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        timeout_seconds: float,
+        max_batch: int,
+        log_level: str = "INFO",
+        log_format: str = "text",
+    ) -> None:
+        self._committer = CommitterClient(
+            database_url, timeout_seconds, log_level=log_level, log_format=log_format
+        )
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None

@@ -41,7 +41,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mirror.database import DatabaseUnavailable, read_transaction
 from mirror.events import EVENT_TYPES
-from mirror.schema import leases, sync_runs, webhook_events
+from mirror.schema import UNSETTLED_EVENTS, leases, sync_runs, webhook_events
+from mirror.states import UNSETTLED, RunOutcome
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +52,7 @@ TOO_LARGE = "too_large"
 UNAVAILABLE = "unavailable"
 
 _OTHER_EVENT_TYPE = "other"  # unknown types are the sender's choice: keep the label set bounded
-_RUNNING = "running"
-_SUCCESS = "success"
 _SYNC_CHANGES = ("created", "updated", "tombstoned")
-_UNAPPLIED = ("pending", "failed")
 # Seconds from a webhook's arrival to its committed acknowledgement: group commit keeps this
 # in milliseconds; the top buckets are a database in trouble.
 _APPLY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -221,7 +219,7 @@ class _DatabaseCollector(Collector):
             "(failed: see `healthdock-mirror replay`).",
             labels=["status"],
         )
-        for status in _UNAPPLIED:
+        for status in UNSETTLED:
             backlog.add_metric([status], unapplied.get(status, 0))
         yield backlog
         held = GaugeMetricFamily(
@@ -256,7 +254,7 @@ def _read(
     # The literal predicate matches the partial index on unsettled events: no table scan.
     unapplied = connection.execute(
         select(webhook_events.c.status, func.count())
-        .where(text("status IN ('pending', 'failed')"))
+        .where(text(UNSETTLED_EVENTS))
         .group_by(webhook_events.c.status)
     ).all()
     now = datetime.now(UTC)
@@ -312,11 +310,11 @@ def _sync_metrics(totals: list[_RunTotals]) -> Iterator[Metric]:
     healed_by: dict[tuple[str, str], int] = {}
     for row in totals:
         key = (row.resource, row.kind)
-        if row.outcome == _RUNNING:
+        if row.outcome == RunOutcome.RUNNING:
             running.add_metric(list(key), row.runs)
         else:
             runs.add_metric([*key, row.outcome], row.runs)
-        if row.outcome == _SUCCESS and row.last_finished is not None:
+        if row.outcome == RunOutcome.SUCCESS and row.last_finished is not None:
             last_success.add_metric(list(key), _aware(row.last_finished).timestamp())
         sums = summed.setdefault(key, [0, 0, 0, 0])
         for index, value in enumerate((row.pages, row.records, row.requests, row.rate_limited)):

@@ -4,20 +4,39 @@ Two forms are accepted. The header form (the reference's ``verifyWebhook``) sign
 and carries the signature in ``X-HealthDock-Signature``. The compatibility form carries it in
 the body's top-level ``"signature"`` member and signs the body re-serialized without that member
 as ``JSON.stringify`` would write it: compact, original key order, non-ASCII left as is.
+
+Checking the compatibility form must not cost an unauthenticated sender's victim more than the
+header form does. ``JSON.stringify`` is deterministic, so a body that HealthDock wrote is its
+signed bytes with the member spliced in: cutting the member out again recovers them with a few
+byte scans (linear, in C). Only a body that is not in that form (pretty-printed, say) is decoded
+and re-serialized, and only when it is small enough for that to stay cheap; a larger one is
+refused before any parsing starts.
 """
 
 from __future__ import annotations
 
 import hmac
+import itertools
 import math
+import re
 from collections.abc import Sequence
 
 import msgspec
+
+from mirror.events import PayloadError, decode_document
 
 SIGNATURE_HEADER = "X-HealthDock-Signature"
 _PREFIX = "sha256="
 _HEX_DIGITS = frozenset("0123456789abcdef")
 _MAX_DEPTH = 64
+# The member as JSON.stringify writes it, signature first or after another member.
+_MEMBER = re.compile(rb'"signature":"(sha256=[0-9a-fA-F]{64})"')
+# A body usually holds one member that looks like it; a few are tried, never an unbounded number.
+_MAX_CANDIDATES = 4
+# Re-serializing costs about a microsecond a JSON value in Python: these bounds keep a refused
+# body's cost near what the header form costs for the largest body (a millisecond or so).
+MAX_RESERIALIZED_BYTES = 16 * 1024
+MAX_RESERIALIZED_VALUES = 1024
 
 
 class SignatureError(Exception):
@@ -32,27 +51,46 @@ def sign(content: bytes, secret: bytes) -> str:
 def verify(body: bytes, header: str | None, secrets: Sequence[bytes]) -> bytes:
     """Check ``body`` against the header or the body-embedded signature.
 
-    Returns the bytes that were signed (the body, or its re-serialized form). Raises
-    :class:`SignatureError` for any signature that is missing, unreadable or wrong.
+    Returns the bytes that were signed (the body, or the body without its signature member).
+    Raises :class:`SignatureError` for any signature that is missing, unreadable or wrong, and
+    :class:`~mirror.events.PayloadError` for a body-embedded one in bytes that are not JSON.
     """
     if not secrets:
         raise SignatureError("no webhook secret is configured")
     if header is not None:
         _check(body, header, secrets)
         return body
-    signed, signature = _embedded(body)
+    candidates = list(itertools.islice(_MEMBER.finditer(body), _MAX_CANDIDATES))
+    for match in candidates:
+        signed = _without(body, match.start(), match.end())
+        if _matches(signed, match[1].decode(), secrets):
+            return signed
+    signed, signature = _reserialized(body, found_member=bool(candidates))
     _check(signed, signature, secrets)
     return signed
 
 
+def _without(body: bytes, start: int, end: int) -> bytes:
+    """``body`` with the member at ``start:end`` cut out, with the comma that joined it."""
+    if body[start - 1 : start] == b",":
+        return body[: start - 1] + body[end:]
+    if body[end : end + 1] == b",":
+        return body[:start] + body[end + 1 :]
+    return body[:start] + body[end:]
+
+
 def _check(content: bytes, signature: str, secrets: Sequence[bytes]) -> None:
+    if not _matches(content, signature, secrets):
+        raise SignatureError("signature does not match")
+
+
+def _matches(content: bytes, signature: str, secrets: Sequence[bytes]) -> bool:
     digest = _parse(signature)
     matched = False
     # Compare against every secret, whatever matched, so timing says nothing about which.
     for secret in secrets:
         matched |= hmac.compare_digest(hmac.digest(secret, content, "sha256"), digest)
-    if not matched:
-        raise SignatureError("signature does not match")
+    return matched
 
 
 def _parse(signature: str) -> bytes:
@@ -65,12 +103,27 @@ def _parse(signature: str) -> bytes:
     return bytes.fromhex(digest)
 
 
-def _embedded(body: bytes) -> tuple[bytes, str]:
-    """Find the compatibility form's signature and the bytes it covers."""
+def _reserialized(body: bytes, *, found_member: bool) -> tuple[bytes, str]:
+    """The compatibility form of a body not written by JSON.stringify, and its signature."""
+    if not found_member and b'"signature"' not in body:
+        raise SignatureError(f"missing {SIGNATURE_HEADER} header")
+    # Every JSON value but the first follows a comma, or opens an array or object.
+    values = body.count(b",") + body.count(b"[") + body.count(b"{")
+    if len(body) > MAX_RESERIALIZED_BYTES or values > MAX_RESERIALIZED_VALUES:
+        raise SignatureError(
+            "signature does not match (a body-embedded signature is checked over the body "
+            "as sent without that member; a body written otherwise than by JSON.stringify is "
+            f"re-serialized only up to {MAX_RESERIALIZED_BYTES} bytes and "
+            f"{MAX_RESERIALIZED_VALUES} values: send the {SIGNATURE_HEADER} header instead)"
+        )
     try:
-        document = msgspec.json.decode(body)
-    except (msgspec.DecodeError, RecursionError):
-        raise SignatureError(f"missing {SIGNATURE_HEADER} header") from None
+        document = decode_document(body)
+    except PayloadError as error:
+        if found_member:
+            # Checked as sent already; the body cannot be read otherwise.
+            raise SignatureError("signature does not match") from None
+        # Refused before anything is trusted: 400, saying what is wrong with the bytes.
+        raise PayloadError(f"body-embedded signature cannot be checked: {error}") from None
     if not isinstance(document, dict) or not isinstance(document.get("signature"), str):
         raise SignatureError(f"missing {SIGNATURE_HEADER} header")
     signature = document.pop("signature")

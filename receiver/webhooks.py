@@ -22,7 +22,7 @@ from litestar.response.base import ASGIResponse
 from config import Settings
 from mirror.database import DatabaseUnavailable
 from mirror.eventlog import WEBHOOK, IncomingEvent, dedup_key, storable_headers
-from mirror.events import PayloadError, parse_event
+from mirror.events import PayloadError, read_event, unreadable_event
 from mirror.ingest import Receipt
 from receiver.errors import error_responses
 from receiver.intake import Intake, IntakeClosed
@@ -101,13 +101,6 @@ class _WebhookOperation(Operation):
         ]
 
 
-def _decode(body: bytes) -> object:
-    try:
-        return msgspec.json.decode(body)
-    except (msgspec.DecodeError, RecursionError):
-        raise PayloadError("body is not valid JSON") from None
-
-
 def _answer(receipt: Receipt) -> ASGIResponse:
     envelope = AcknowledgementEnvelope(
         True, Acknowledgement(receipt.seq, receipt.status, receipt.effect)
@@ -177,7 +170,13 @@ async def _receive(request: Request[Any, Any, Any]) -> tuple[str, Receipt]:
     signature = signatures[0].decode("latin-1") if signatures else None
     # Nothing in the body is trusted (or even parsed, for the header form) before this line.
     signed = verify(body, signature, settings.webhook_secrets)
-    event = parse_event(_decode(body))
+    unreadable = None
+    try:
+        event = read_event(body)
+    except PayloadError as error:
+        # HealthDock's own bytes, whatever they hold: a 4xx would make it give up on them and
+        # nobody would see them. Stored as failed, they wait for an operator and a replay.
+        event, unreadable = unreadable_event(body), str(error)
     item = IncomingEvent(
         source=WEBHOOK,
         dedup_key=dedup_key(event.event_id, signed),
@@ -187,5 +186,6 @@ async def _receive(request: Request[Any, Any, Any]) -> tuple[str, Receipt]:
             (k.decode("latin-1"), v.decode("latin-1")) for k, v in raw_headers
         ),
         received_at=datetime.now(UTC),
+        unreadable=unreadable,
     )
     return event.event_type, await intake.submit(item)

@@ -41,9 +41,9 @@ from sqlalchemy.sql.expression import ColumnElement
 from mirror.database import read_transaction, write_transaction
 from mirror.eventlog import APPLIED, RECONCILE, IncomingEvent, Outcome, store_events
 from mirror.events import Event, PayloadError, RecordWrite, Resource, record_write
-from mirror.guard import CREATED, DELETED, RESTORED, UPDATED
 from mirror.records import apply_writes
 from mirror.schema import MIRRORED_TABLES, sync_runs
+from mirror.states import Effect, RunKind, RunOutcome
 from mirror.versions import Action
 from sync import runs
 from sync.client import HealthDockClient, UpstreamError
@@ -72,7 +72,7 @@ class PassOptions:
 class PassResult:
     run_id: int
     resource: str
-    outcome: str = runs.RUNNING
+    outcome: RunOutcome = RunOutcome.RUNNING
     pages: int = 0
     records: int = 0
     created: int = 0
@@ -101,7 +101,7 @@ async def reconcile(
     ``running`` with its checkpoint, and the next pass over the resource resumes it.
     """
     run = await asyncio.to_thread(
-        write_transaction, engine, lambda c: runs.start_or_resume(c, resource.value, "full")
+        write_transaction, engine, lambda c: runs.start_or_resume(c, resource.value, RunKind.FULL)
     )
     result = PassResult(run.id, resource.value)
     requests_before = client.stats.requests
@@ -111,10 +111,10 @@ async def reconcile(
         await _mark(engine, client, resource, options, run, result, progress)
         await _sweep(engine, client, resource, options, run, result)
     except UpstreamError as error:
-        result.outcome, result.error = runs.INCOMPLETE, str(error)
+        result.outcome, result.error = RunOutcome.INCOMPLETE, str(error)
         log.warning("%s pass %d incomplete: %s", resource.value, run.id, error)
-    if result.outcome == runs.RUNNING:
-        result.outcome = runs.SUCCESS
+    if result.outcome == RunOutcome.RUNNING:
+        result.outcome = RunOutcome.SUCCESS
     counts = {
         "requests": client.stats.requests - requests_before,
         "rate_limited": client.stats.rate_limited - limited_before,
@@ -142,7 +142,7 @@ async def refresh(
     A filtered listing heals missed creates and updates quickly; it cannot tell deletions
     (a record outside the filter is not gone), so it sweeps nothing.
     """
-    start = functools.partial(runs.start_or_resume, resource=resource.value, kind="upcoming",
+    start = functools.partial(runs.start_or_resume, resource=resource.value, kind=RunKind.UPCOMING,
                               resume=False)  # fmt: skip
     run = await asyncio.to_thread(write_transaction, engine, start)
     result = PassResult(run.id, resource.value)
@@ -159,9 +159,9 @@ async def refresh(
                 counts = await asyncio.to_thread(write_transaction, engine, apply)
                 _count(result, counts, len(page.records))
                 number += 1
-        result.outcome = runs.SUCCESS
+        result.outcome = RunOutcome.SUCCESS
     except UpstreamError as error:
-        result.outcome, result.error = runs.INCOMPLETE, str(error)
+        result.outcome, result.error = RunOutcome.INCOMPLETE, str(error)
     await _finish(engine, result, {})
     return result
 
@@ -306,17 +306,22 @@ def _api_write(resource: Resource, record: dict[str, Any]) -> RecordWrite | None
         return None
 
 
-_EVENT_OF_EFFECT = {CREATED: "created", UPDATED: "updated", RESTORED: "updated", DELETED: "deleted"}
+_EVENT_OF_EFFECT = {
+    Effect.CREATED: "created",
+    Effect.UPDATED: "updated",
+    Effect.RESTORED: "updated",
+    Effect.DELETED: "deleted",
+}
 _COUNTER_OF_EFFECT = {
-    CREATED: "created",
-    UPDATED: "updated",
-    RESTORED: "updated",
-    DELETED: "tombstoned",
+    Effect.CREATED: "created",
+    Effect.UPDATED: "updated",
+    Effect.RESTORED: "updated",
+    Effect.DELETED: "tombstoned",
 }
 
 
 def _record_changes(
-    connection: Connection, run: runs.Run, writes: Sequence[RecordWrite], effects: Sequence[str]
+    connection: Connection, run: runs.Run, writes: Sequence[RecordWrite], effects: Sequence[Effect]
 ) -> dict[str, int]:
     """Write each change the pass found to the event log; count them by kind."""
     counts = {"created": 0, "updated": 0, "tombstoned": 0}
@@ -377,7 +382,7 @@ async def _sweep(
     await asyncio.to_thread(write_transaction, engine, record)
     limit = max(options.mass_delete_floor, int(options.mass_delete_share * live))
     if candidates > limit and not options.allow_mass_delete:
-        result.outcome = runs.HELD
+        result.outcome = RunOutcome.HELD
         result.error = (
             f"mass-delete brake: {candidates} of {live} live {resource.value}s were not "
             f"listed by HealthDock (the limit is {limit}); nothing was tombstoned. Check "
@@ -524,8 +529,8 @@ def _previous_complete_pass(connection: Connection, run: runs.Run) -> runs.Run |
         select(sync_runs.c.id, sync_runs.c.started_at)
         .where(
             sync_runs.c.resource == run.resource,
-            sync_runs.c.kind == "full",
-            sync_runs.c.outcome.in_((runs.SUCCESS, runs.HELD)),
+            sync_runs.c.kind == RunKind.FULL,
+            sync_runs.c.outcome.in_((RunOutcome.SUCCESS, RunOutcome.HELD)),
             sync_runs.c.id < run.id,
         )
         .order_by(sync_runs.c.id.desc())

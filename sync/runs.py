@@ -17,12 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from mirror.schema import leases, sync_runs
-
-RUNNING = "running"
-SUCCESS = "success"
-INCOMPLETE = "incomplete"
-FAILED = "failed"
-HELD = "held"  # the mass-delete brake stopped the sweep: waits for an operator
+from mirror.states import RunKind, RunOutcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +30,7 @@ class Run:
 
 
 def start_or_resume(
-    connection: Connection, resource: str, kind: str, *, resume: bool = True
+    connection: Connection, resource: str, kind: RunKind, *, resume: bool = True
 ) -> Run:
     """Resume the last pass of ``resource`` if it never finished, else start a new one.
 
@@ -48,15 +43,15 @@ def start_or_resume(
         .order_by(sync_runs.c.id.desc())
         .limit(1)
     ).first()
-    if row is not None and _outcome(connection, row.id) == RUNNING:
+    if row is not None and _outcome(connection, row.id) == RunOutcome.RUNNING:
         if resume:
             checkpoint = int((row.checkpoint or {}).get("page", 0))
             return Run(row.id, resource, _aware(row.started_at), checkpoint, resumed=True)
-        finish(connection, row.id, INCOMPLETE, {}, "cut short (the process stopped)")
+        finish(connection, row.id, RunOutcome.INCOMPLETE, {}, "cut short (the process stopped)")
     started = datetime.now(UTC)
     run_id = connection.execute(
         insert(sync_runs)
-        .values(resource=resource, kind=kind, started_at=started, outcome=RUNNING,
+        .values(resource=resource, kind=kind, started_at=started, outcome=RunOutcome.RUNNING,
                 pages=0, records=0, created=0, updated=0, tombstoned=0, errors=0,
                 checkpoint={"page": 0})
         .returning(sync_runs.c.id)
@@ -83,7 +78,7 @@ def record_progress(
 def finish(
     connection: Connection,
     run_id: int,
-    outcome: str,
+    outcome: RunOutcome,
     counts: Mapping[str, int],
     error: str | None = None,
 ) -> None:

@@ -27,9 +27,9 @@ from config import Settings
 from mirror.database import DatabaseUnavailable
 from mirror.events import Resource
 from mirror.retention import prune_event_payloads
+from mirror.states import RunOutcome
 from sync.client import RateBudgetListener, UpstreamError, rate_budget_listener
 from sync.job import LeaseHeld, run_reconcile, run_refresh
-from sync.runs import SUCCESS
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def build_scheduler(settings: Settings, engine: Engine) -> AsyncIOScheduler:
         except (DatabaseUnavailable, UpstreamError) as error:
             log.warning("reconcile failed: %s", error)
             results = []
-        if not results or any(result.outcome != SUCCESS for result in results):
+        if not results or any(result.outcome != RunOutcome.SUCCESS for result in results):
             retry_at = datetime.now(UTC) + timedelta(minutes=settings.sync_retry_minutes)
             scheduler.add_job(full_reconcile, "date", run_date=retry_at, id=_RETRY_JOB,
                               replace_existing=True)  # fmt: skip

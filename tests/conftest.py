@@ -142,3 +142,14 @@ def pytest_runtest_makereport(
             report.outcome = "failed"
             report.longrepr = f"patient data was printed ({report.when}): {', '.join(found)}"
     return report
+
+
+@pytest.fixture
+def usual_umask(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """In ``tmp_path``, under the usual umask: files readable by every local user."""
+    monkeypatch.chdir(tmp_path)
+    previous = os.umask(0o022)
+    try:
+        yield tmp_path
+    finally:
+        os.umask(previous)

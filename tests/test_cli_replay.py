@@ -155,13 +155,21 @@ def test_prune_removes_old_payloads_and_replay_reports_them_skipped(
     assert "payload removed by retention" in result.output
 
 
+@pytest.mark.parametrize(
+    "form",
+    [
+        "sqlite:///{path}",
+        "sqlite:///file:{path}?uri=true",
+        "sqlite:///file:{path}?uri=true&mode=ro",
+    ],
+)
 @pytest.mark.parametrize("command", [["status"], ["replay", "--all", "--dry-run"], ["prune"]])
 def test_commands_that_read_a_mirror_refuse_a_missing_sqlite_file(
-    tmp_path: Path, command: list[str]
+    tmp_path: Path, command: list[str], form: str
 ) -> None:
     missing = tmp_path / "mirror-typo.db"
     env = {
-        "HEALTHDOCK_DATABASE_URL": f"sqlite:///{missing}",
+        "HEALTHDOCK_DATABASE_URL": form.format(path=missing),
         "HEALTHDOCK_EVENT_RETENTION_DAYS": "7",
     }
     result = CliRunner().invoke(main, command, env=env)

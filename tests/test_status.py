@@ -33,6 +33,7 @@ from mirror.events import parse_event
 from mirror.ingest import ingest
 from mirror.migrate import upgrade
 from mirror.schema import sync_runs
+from mirror.states import RunOutcome
 from sync import runs
 from tests.factories import (
     PATIENT_ABHA,
@@ -142,15 +143,15 @@ def known(engine: Engine) -> KnownMirror:
         ],
     )  # fmt: skip
 
-    old = record_run(engine, "patient", "full", runs.SUCCESS, {"pages": 3, "created": 7})
+    old = record_run(engine, "patient", "full", RunOutcome.SUCCESS, {"pages": 3, "created": 7})
     backdate_run(engine, old, NOW - timedelta(days=2))
     healed = record_run(
-        engine, "patient", "full", runs.SUCCESS,
+        engine, "patient", "full", RunOutcome.SUCCESS,
         {"pages": 5, "records": 420, "created": 2, "updated": 1, "tombstoned": 1,
          "rate_limited": 3},
     )  # fmt: skip
     cut_short = record_run(
-        engine, "appointment", "full", runs.INCOMPLETE,
+        engine, "appointment", "full", RunOutcome.INCOMPLETE,
         {"pages": 2, "records": 200, "created": 1},
         error="HealthDock answered 503 on page 3 after 6 attempts",
     )  # fmt: skip
@@ -304,7 +305,9 @@ def test_tables_show_the_same_facts(database_url: str, known: KnownMirror) -> No
 
 
 def test_runs_option_limits_the_runs_shown(database_url: str, engine: Engine) -> None:
-    ids = [record_run(engine, "patient", "full", runs.SUCCESS, {"pages": 1}) for _ in range(12)]
+    ids = [
+        record_run(engine, "patient", "full", RunOutcome.SUCCESS, {"pages": 1}) for _ in range(12)
+    ]
     assert [run["id"] for run in status_json(database_url)["runs"]] == ids[::-1][:10]
     assert status_json(database_url, "--runs", "0")["runs"] == []
     assert status_json(database_url)["last_day"]["healed"]["runs"] == 12

@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mirror.events import RecordWrite, Resource, record_write
-from mirror.guard import CREATED, DELETED, RESTORED, STALE, UPDATED, RecordState, merge
+from mirror.guard import RecordState, merge
+from mirror.states import Effect
 from mirror.versions import Action
 from tests.factories import TIMESTAMPS
 
@@ -32,7 +33,7 @@ def test_newer_update_replaces_older() -> None:
             write(Action.UPDATE, "2024-01-02T00:00:00Z", phone="2"),
         ]
     )
-    assert effects == [CREATED, UPDATED]
+    assert effects == [Effect.CREATED, Effect.UPDATED]
     assert state.fields is not None
     assert state.fields["phone"] == "2"
 
@@ -44,7 +45,7 @@ def test_older_update_never_overwrites_newer() -> None:
             write(Action.UPDATE, "2024-01-01T00:00:00Z", phone="1"),
         ]
     )
-    assert effects == [CREATED, STALE]
+    assert effects == [Effect.CREATED, Effect.STALE]
     assert state.fields is not None
     assert state.fields["phone"] == "2"
 
@@ -56,7 +57,7 @@ def test_delete_is_not_undone_by_an_older_update() -> None:
             write(Action.UPDATE, "2024-01-01T00:00:00Z", phone="1"),
         ]
     )
-    assert effects == [DELETED, STALE]
+    assert effects == [Effect.DELETED, Effect.STALE]
     assert state.deleted
 
 
@@ -68,7 +69,7 @@ def test_newer_update_after_delete_restores() -> None:
             write(Action.UPDATE, "2024-01-03T00:00:00Z", phone="3"),
         ]
     )
-    assert effects == [CREATED, DELETED, RESTORED]
+    assert effects == [Effect.CREATED, Effect.DELETED, Effect.RESTORED]
     assert not state.deleted
 
 
@@ -80,7 +81,7 @@ def test_two_events_in_the_same_second_are_both_applied() -> None:
             write(Action.UPDATE, "2024-01-01T00:00:00.200Z", phone="2"),
         ]
     )
-    assert effects == [CREATED, UPDATED]
+    assert effects == [Effect.CREATED, Effect.UPDATED]
     assert state.fields is not None
     assert state.fields["phone"] == "2"
 

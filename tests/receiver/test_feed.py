@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -216,7 +217,7 @@ def test_missing_or_wrong_token_gets_401(
     assert get_feed(feed_client).status_code == 200  # the right one works
 
 
-@pytest.mark.parametrize("admin_token", [None, ""])
+@pytest.mark.parametrize("admin_token", [None, "", " ", " \t\n "])
 def test_without_a_configured_token_the_feed_refuses_everyone(
     database_url: str, engine: Engine, admin_token: str | None
 ) -> None:
@@ -226,6 +227,49 @@ def test_without_a_configured_token_the_feed_refuses_everyone(
             response = get_feed(client, headers=headers)
             assert response.status_code == 403
             assert "HEALTHDOCK_ADMIN_TOKEN" in response.json()["error"]["message"]
+
+
+def test_a_blank_admin_token_is_warned_of_at_start(
+    database_url: str, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        caplog.at_level(logging.WARNING),
+        TestClient(create_app(make_settings(database_url, admin_token="  "))),
+    ):
+        pass
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("HEALTHDOCK_ADMIN_TOKEN is blank" in message for message in warnings), warnings
+
+
+def test_a_configured_admin_token_is_not_warned_of(
+    database_url: str, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        caplog.at_level(logging.WARNING),
+        TestClient(create_app(make_settings(database_url, admin_token=TOKEN))),
+    ):
+        pass
+    assert not [r for r in caplog.records if "HEALTHDOCK_ADMIN_TOKEN" in r.getMessage()]
+    assert TOKEN not in caplog.text
+
+
+def test_a_bad_parameter_is_named_with_its_rule_and_no_value_is_echoed(
+    feed_client: TestClient[Litestar],
+) -> None:
+    """A query value could be anything a client typed (a patient's name): never repeated.
+    (Markers, not patient values: the test client logs the URL.)"""
+    typed = {"after": "typed-cursor-7f3a", "type": "typed-type-c41d", "extra": "typed-extra-99e0"}
+    rules = {"ten": "Expected `int`", "5000": "<= 1000", "0": ">= 1"}
+    for value, rule in rules.items():
+        response = feed_client.get("/events", params={**typed, "limit": value}, headers=AUTH)
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert error["code"] == "INVALID_REQUEST"
+        assert error["message"].startswith("query parameter limit: "), error["message"]
+        assert rule in error["message"]
+        assert error["details"]["parameters"][0]["parameter"] == "limit"
+        for echoed in ("typed-", "?", f"={value}"):
+            assert echoed not in response.text, echoed
 
 
 def test_changes_a_reconcile_found_are_in_the_feed(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from litestar.testing import TestClient
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
 from config import SettingsError, load_settings
 from fake_healthdock import FakeHealthDock, serve_in_thread
@@ -33,6 +34,8 @@ from tests.factories import (
     patient,
     signed,
 )
+from tests.support.patient_data import PATIENT_VALUES, patient_data_in
+from tests.support.services import serve
 from tests.support.waiting import wait_until_ready
 from tests.test_cli import _free_port
 
@@ -119,7 +122,8 @@ def test_json_logs_at_debug_carry_no_patient_data(database_url: str, tmp_path: P
                 assert httpx.post(url, content=good, headers=signed(good)).status_code == 200
                 assert httpx.post(url, content=good, headers=signed(b"x")).status_code == 401
                 bad = good.replace(b'"2024-01-12T10:30:00Z"', f'"{PATIENT_DOB}"'.encode())
-                assert httpx.post(url, content=bad, headers=signed(bad)).status_code == 400
+                # Signed, so HealthDock's: stored as failed, not refused (SPEC.md).
+                assert httpx.post(url, content=bad, headers=signed(bad)).status_code == 200
                 assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 200
             finally:
                 receiver.terminate()
@@ -151,3 +155,101 @@ def test_log_format_setting_is_validated() -> None:
     assert load_settings(_env_file=None).log_format == "text"
     with pytest.raises(SettingsError, match="HEALTHDOCK_LOG_FORMAT: use text or json"):
         load_settings(_env_file=None, log_format="xml")
+
+
+# A receiver at DEBUG: every logger of the process, nothing secret.
+
+ADMIN_TOKEN = "debug-admin-token-4b1f9e2a7c"
+
+
+def _raw_request(base_url: str, head: str) -> bytes:
+    """Send ``head`` as it is (httpx would not send an Upgrade request as plain HTTP) and
+    read until the receiver closes the connection."""
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head.encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_a_receiver_at_debug_logs_no_token_secret_or_patient_value(
+    database_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    """`serve` at HEALTHDOCK_LOG_LEVEL=DEBUG. A WebSocket upgrade carrying the admin token
+    (uvicorn's WebSocket path logged every header of it, at DEBUG), signed webhooks and admin
+    reads: no output line holds the token, the webhook secret or a patient's value."""
+    log = tmp_path / "serve.log"
+    with serve(database_url, log, log_level="DEBUG", admin_token=ADMIN_TOKEN) as receiver:
+        base = receiver.base_url
+        upgrade_headers = (
+            "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            f"Authorization: Bearer {ADMIN_TOKEN}\r\n"
+        )
+        answer = _raw_request(base, f"GET /events HTTP/1.1\r\nHost: x\r\n{upgrade_headers}\r\n")
+        assert not answer.startswith(b"HTTP/1.1 101 ")  # no WebSocket (test_server.py)
+        created = encode(event("patient.created", patient("PAT900")))
+        updated = encode(event("patient.updated", patient("PAT900"), "2024-02-01T00:00:00Z"))
+        url = f"{base}/webhooks/healthdock"
+        for body in (created, updated, created):
+            assert httpx.post(url, content=body, headers=signed(body)).status_code == 200
+        assert httpx.post(url, content=created, headers=signed(b"x")).status_code == 401
+        admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        feed = httpx.get(f"{base}/events", headers=admin)
+        assert feed.status_code == 200
+        assert PATIENT_NAME[1] in feed.text  # the data did pass through the process
+        assert httpx.get(f"{base}/events", headers={"Authorization": "Bearer no"}).is_error
+        assert httpx.get(f"{base}/metrics").status_code == 200
+    output = receiver.output()
+    assert " DEBUG " in output  # the level was in force
+    for value in (ADMIN_TOKEN, SECRET.decode(), *PATIENT_VALUES):
+        assert value not in output, value
+    assert patient_data_in(output) == []
+
+
+# The committer: a process of its own, logging as configured.
+
+# The database refuses every patient row: a batch fails to apply, and the committer says so.
+_REFUSE_PATIENTS = {
+    "sqlite": [
+        "CREATE TRIGGER refuse_patients BEFORE INSERT ON patients "
+        "BEGIN SELECT RAISE(ABORT, 'patients are refused'); END"
+    ],
+    "postgresql": [
+        "CREATE FUNCTION refuse_patients() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'patients are refused' USING ERRCODE = 'check_violation'; "
+        "END $$",
+        "CREATE TRIGGER refuse_patients BEFORE INSERT ON patients "
+        "FOR EACH ROW EXECUTE FUNCTION refuse_patients()",
+    ],
+}
+
+
+@pytest.mark.parametrize("level", ["INFO", "WARNING"])
+def test_the_committers_lines_follow_the_log_format_and_level(
+    database_url: str, engine: Engine, tmp_path: Path, level: str
+) -> None:
+    """The committer (receiver/committer.py) runs in a child process, which the command
+    line's logging setup does not reach: its lines are JSON lines too, at the level set."""
+    with engine.begin() as connection:
+        for statement in _REFUSE_PATIENTS[engine.dialect.name]:
+            connection.exec_driver_sql(statement)
+    log = tmp_path / "serve.log"
+    with serve(database_url, log, log_format="json", log_level=level) as receiver:
+        body = encode(event("patient.created", patient()))
+        answer = httpx.post(
+            f"{receiver.base_url}/webhooks/healthdock", content=body, headers=signed(body)
+        )
+        assert answer.status_code == 200
+        assert answer.json()["data"]["status"] == "failed"  # stored, for a later replay
+    output = receiver.output()
+    assert all(line.startswith("{") for line in output.splitlines() if line.strip()), output
+    lines = _json_lines(output)
+    # Only the committer applies events: mirror.ingest speaks from its process alone.
+    failed = [line for line in lines if line["logger"] == "mirror.ingest"]
+    assert [line["level"] for line in failed] == ["ERROR"], output
+    assert str(failed[0]["message"]).startswith("applying 1 events failed with ")
+    started = [line for line in lines if line["logger"] == "receiver.committer"]
+    assert [line["level"] for line in started] == (["INFO"] if level == "INFO" else []), output

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from mirror.events import PayloadError
 from receiver.signature import SignatureError, sign, stringify, verify
 
 GITHUB_SECRET = b"It's a Secret to Everybody"
@@ -157,3 +158,74 @@ def test_numbers_are_written_as_javascript_writes_them(value: float, javascript:
 
 def test_strings_are_escaped_as_json_stringify_escapes_them() -> None:
     assert stringify({"a": 'é\n\t"\\\u2028\x01/'}) == '{"a":"é\\n\\t\\"\\\\\u2028\\u0001/"}'
+
+
+def _embedded_signature_body(signed: bytes, secret: bytes, position: str) -> bytes:
+    """The compatibility form as HealthDock writes it: its JSON.stringify output with the
+    signature member spliced in (first, last, or as the only member)."""
+    member = b'"signature":"' + sign(signed, secret).encode() + b'"'
+    if signed == b"{}":
+        return b"{" + member + b"}"
+    if position == "first":
+        return b"{" + member + b"," + signed[1:]
+    return signed[:-1] + b"," + member + b"}"
+
+
+@pytest.mark.parametrize("position", ["first", "last"])
+def test_compatibility_form_recovers_the_signed_bytes_without_reparsing(position: str) -> None:
+    body = _embedded_signature_body(COMPAT_SIGNED.encode(), GITHUB_SECRET, position)
+    assert verify(body, None, [GITHUB_SECRET]) == COMPAT_SIGNED.encode()
+    assert verify(_embedded_signature_body(b"{}", b"k", "first"), None, [b"k"]) == b"{}"
+
+
+def test_a_large_body_not_in_json_stringify_form_is_refused_before_parsing() -> None:
+    """The probe's stall: 1 MB of nested arrays under a made-up embedded signature was
+    decoded and re-serialized in Python (a second of CPU) before the HMAC said no."""
+    body = (
+        b'{"signature":"sha256=' + b"0" * 64 + b'","data":['
+        + b",".join([b"[[[[[1]]]]]"] * 90_000)
+        + b"]}"
+    )  # fmt: skip
+    with pytest.raises(SignatureError, match="re-serialized only up to"):
+        verify(body, None, [b"k"])
+    # Pretty-printed, the same is refused on its size alone: it was never JSON.stringify's.
+    with pytest.raises(SignatureError, match="re-serialized only up to"):
+        verify(body.replace(b",", b", "), None, [b"k"])
+
+
+def test_a_duplicate_member_before_the_signed_one_is_refused() -> None:
+    """The probe's (a): JSON readers disagree on which of two "data" members counts."""
+    signed_bytes = b'{"event":"patient.updated","timestamp":"2024-01-12T10:30:00Z","data":{"a":1}}'
+    body = _embedded_signature_body(signed_bytes, b"k", "last")
+    forged = body.replace(b'"data":', b'"data":{"a":2},"data":', 1)
+    with pytest.raises(SignatureError, match="does not match"):
+        verify(forged, None, [b"k"])
+    # Written otherwise than by JSON.stringify, it would have to be re-read: refused unread.
+    spaced = forged.replace(b'"signature":', b'"signature": ')
+    with pytest.raises(PayloadError, match="duplicate member names"):
+        verify(spaced, None, [b"k"])
+
+
+def test_a_respelled_number_verifies_only_through_what_it_denotes() -> None:
+    """The probe's (b): 3.0e1 is the number 30, and JSON.stringify writes it so."""
+    signed_bytes = b'{"event":"appointment.updated","data":{"duration":30}}'
+    body = _embedded_signature_body(signed_bytes, b"k", "last").replace(b"30", b"3.0e1")
+    assert verify(body, None, [b"k"]) == signed_bytes
+
+
+def test_a_lone_surrogate_is_not_reported_as_a_missing_header() -> None:
+    # JSON.stringify("\ud800") writes the escape: what HealthDock's serializer can produce.
+    signed_bytes = b'{"event":"patient.updated","data":{"first_name":"\\ud800"}}'
+    body = _embedded_signature_body(signed_bytes, b"k", "last")
+    assert verify(body, None, [b"k"]) == signed_bytes
+    with pytest.raises(SignatureError, match="does not match"):
+        verify(body, None, [b"other"])
+
+
+def test_a_body_form_that_is_not_json_is_a_precise_payload_error() -> None:
+    # Pretty-printed (so not JSON.stringify's) and cut short: nothing to re-serialize.
+    with pytest.raises(PayloadError, match="cannot be checked: body is not valid JSON"):
+        verify(b'{"signature": "sha256=' + b"0" * 64 + b'", "data": [1,', None, [b"k"])
+    # A lone surrogate in a body not written by JSON.stringify: named as such.
+    with pytest.raises(PayloadError, match="lone UTF-16 surrogate"):
+        verify(b'{"signature": "sha256=' + b"0" * 64 + b'", "a": "\\ud800"}', None, [b"k"])

@@ -11,6 +11,7 @@ import re
 import traceback
 from collections.abc import Iterator
 
+from config.logs import QUIET_LOGGERS
 from tests.factories import PATIENT_ABHA, PATIENT_DOB, PATIENT_NAME, PATIENT_PHONE
 
 PATIENT_VALUES = (*PATIENT_NAME, PATIENT_PHONE, PATIENT_DOB, PATIENT_ABHA)
@@ -71,17 +72,29 @@ class PatientDataCatcher(logging.Handler):
 
 @contextlib.contextmanager
 def catching_patient_data() -> Iterator[PatientDataCatcher]:
-    """Every record at every level, from every logger, goes through a catcher meanwhile: the
-    root logger is at DEBUG, and loggers that do not propagate get the catcher too."""
+    """Every record at every level, from every logger, goes through a catcher meanwhile, as a
+    service logging at DEBUG would write them: every logger is at DEBUG (even one a library
+    or an earlier test set higher), but those the logging setup holds quieter
+    (``config.logs.QUIET_LOGGERS``), which are at the level it gives them, and their children.
+    Loggers that do not propagate get the catcher too."""
     catcher = PatientDataCatcher()
     root = logging.getLogger()
-    isolated = [
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name)  # may be a placeholder still: its children would not inherit
+    loggers = [
         logger
         for logger in logging.Logger.manager.loggerDict.values()
-        if isinstance(logger, logging.Logger) and not logger.propagate
+        if isinstance(logger, logging.Logger)
     ]
-    level = root.level
-    root.setLevel(logging.DEBUG)
+    isolated = [logger for logger in loggers if not logger.propagate]
+    levels = {logger: logger.level for logger in [root, *loggers]}
+    for logger in loggers:
+        quiet = QUIET_LOGGERS.get(logger.name)
+        if quiet is not None:
+            logger.level = quiet
+        elif not _under_a_quiet_logger(logger.name):
+            logger.level = logging.DEBUG
+    root.setLevel(logging.DEBUG)  # after the others: it clears every logger's level cache
     for logger in [root, *isolated]:
         logger.addHandler(catcher)
     try:
@@ -89,4 +102,10 @@ def catching_patient_data() -> Iterator[PatientDataCatcher]:
     finally:
         for logger in [root, *isolated]:
             logger.removeHandler(catcher)
-        root.setLevel(level)
+        for logger, level in levels.items():
+            logger.level = level
+        root.setLevel(levels[root])
+
+
+def _under_a_quiet_logger(name: str) -> bool:
+    return any(name.startswith(f"{quiet}.") for quiet in QUIET_LOGGERS)

@@ -1,0 +1,72 @@
+"""Every state the mirror records, in one place: the values of its status and kind columns.
+
+Each is a ``StrEnum``: a member is the string stored in the database (and shown by ``status``
+and the feed), so it compares equal to what a query returns. The migration that adds the
+columns' CHECK constraints reads the allowed values from here.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class EventStatus(StrEnum):
+    """``webhook_events.status``: what became of a stored event."""
+
+    PENDING = "pending"  # stored, not yet applied (no writer leaves one so today)
+    APPLIED = "applied"
+    IGNORED = "ignored"  # an event type the mirror does not support yet: replayable later
+    FAILED = "failed"  # could not be read or applied: waits for an operator's replay
+
+
+# Events that need an operator; the event log keeps a partial index of them.
+UNSETTLED = (EventStatus.PENDING, EventStatus.FAILED)
+
+
+class ReceiptStatus(StrEnum):
+    """What the receiver answers for one event: its stored status, or that it was a redelivery."""
+
+    APPLIED = "applied"
+    IGNORED = "ignored"
+    FAILED = "failed"
+    DUPLICATE = "duplicate"
+
+
+class EventSource(StrEnum):
+    """``webhook_events.source``: who found the change."""
+
+    WEBHOOK = "webhook"
+    RECONCILE = "reconcile"  # a change a reconcile pass discovered (a missed event)
+
+
+class Effect(StrEnum):
+    """``webhook_events.effect``: what one write did to its record (the ordering guard's word)."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    DELETED = "deleted"
+    RESTORED = "restored"  # a tombstoned record written again by a newer version
+    STALE = "stale"  # older than what the record holds: nothing changed
+
+
+class RunOutcome(StrEnum):
+    """``sync_runs.outcome``."""
+
+    RUNNING = "running"
+    SUCCESS = "success"
+    INCOMPLETE = "incomplete"  # cut short (rate limits, errors, a lost lease): retried soon
+    FAILED = "failed"  # died of an unexpected error (a bug): retried soon, and logged
+    HELD = "held"  # the mass-delete brake stopped the sweep: waits for an operator
+
+
+class RunKind(StrEnum):
+    """``sync_runs.kind``: what a pass covers."""
+
+    BACKFILL = "backfill"  # the first complete pass over a resource: its initial copy, not loss
+    FULL = "full"
+    UPCOMING = "upcoming"  # appointments of the coming days only
+
+
+def check_values(states: type[StrEnum]) -> str:
+    """The SQL list of a column's allowed values, for its CHECK constraint."""
+    return ", ".join(f"'{state.value}'" for state in states)
