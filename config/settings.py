@@ -10,6 +10,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from config.errors import ConfigurationError
+
 DEFAULT_DATABASE_URL = "sqlite:///healthdock-mirror.db"
 _KNOWN_DRIVERS = ("sqlite", "postgresql")
 
@@ -145,7 +147,7 @@ class Settings(BaseSettings):
             yield name, self.database_url_shown if name == "database_url" else value
 
 
-class SettingsError(Exception):
+class SettingsError(ConfigurationError):
     """Configuration that cannot start the service; the message names each bad setting."""
 
 

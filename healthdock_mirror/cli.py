@@ -15,7 +15,7 @@ from typing import Any
 import click
 from sqlalchemy import Engine
 
-from config import Settings, SettingsError, load_settings
+from config import ConfigurationError, Settings, SettingsError, load_settings
 from config.logs import configure_logging
 from mirror.database import DatabaseUnavailable, create_mirror_engine, is_sqlite, sqlite_file
 from mirror.events import Resource
@@ -190,7 +190,7 @@ def sync(resource: str | None, allow_mass_delete: bool) -> None:
                     progress=progress,
                 )
             )  # fmt: skip
-        except (LeaseHeld, ValueError) as error:
+        except (LeaseHeld, ConfigurationError) as error:
             raise click.ClickException(str(error)) from None
     table = Table(title="reconcile")
     for column in ("resource", "run", "outcome", "pages", "records", "created", "updated",

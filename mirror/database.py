@@ -32,6 +32,8 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.util import asbool
 
+from config.errors import MirrorError
+
 T = TypeVar("T")
 
 # SQLite result codes (primary, the low byte) after which a connection stays broken though the
@@ -41,7 +43,7 @@ T = TypeVar("T")
 _SQLITE_REOPEN = frozenset({8, 10, 14})  # SQLITE_READONLY, SQLITE_IOERR, SQLITE_CANTOPEN
 
 
-class DatabaseUnavailable(Exception):
+class DatabaseUnavailable(MirrorError):
     """The database cannot be reached, is locked or refuses writes; retry later."""
 
 

@@ -6,18 +6,22 @@ redelivery finds its first copy and has no second effect.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import msgspec
 from sqlalchemy import ColumnElement, bindparam, case, func, select, update
 from sqlalchemy.engine import Connection
 
 from mirror.driver import Driver, unnest
-from mirror.events import Event
+from mirror.events import Event, RecordWrite
 from mirror.schema import webhook_events
+from mirror.states import Effect, EventSource
+from mirror.versions import VersionKey
 
 PENDING = "pending"
 APPLIED = "applied"
@@ -59,6 +63,55 @@ def dedup_key(event_id: str | None, signed_content: bytes) -> str:
     if event_id is not None:
         return f"id:{event_id}"
     return f"sha256:{hashlib.sha256(signed_content).hexdigest()}"
+
+
+# The event a reconcile records for what its write did: named by the change it found.
+_RECONCILE_EVENT_OF_EFFECT = {
+    Effect.CREATED: "created",
+    Effect.UPDATED: "updated",
+    Effect.RESTORED: "updated",
+    Effect.DELETED: "deleted",
+}
+
+
+def reconcile_event(
+    run_id: int, write: RecordWrite, effect: Effect, received_at: datetime
+) -> IncomingEvent | None:
+    """The event that puts a change a reconcile pass found into the log (None: no change).
+
+    Its body reads like a webhook's, so the feed and replay treat it as one, but its write was
+    HealthDock's record as of ``updated_at`` (an update): the stored version keeps that, and
+    :func:`stored_write` gives it back.
+    """
+    change = _RECONCILE_EVENT_OF_EFFECT.get(effect)
+    if change is None:
+        return None
+    event_type = f"{write.resource.value}.{change}"
+    timestamp = VersionKey(write.version).instant
+    body = msgspec.json.encode(
+        {
+            "event": event_type,
+            "timestamp": timestamp,
+            "data": write.fields or {"id": write.record_id},
+        }
+    )
+    return IncomingEvent(
+        source=EventSource.RECONCILE,
+        dedup_key=f"run:{run_id}:{write.resource.value}:{write.record_id}:{write.version}",
+        event=Event(None, event_type, timestamp, write),
+        body=body,
+        headers=[],
+        received_at=received_at,
+    )
+
+
+def stored_write(source: str, version: str | None, event: Event) -> RecordWrite | None:
+    """The write a stored event makes, as when it was first stored: a reconcile event's is the
+    one its stored version names (see :func:`reconcile_event`)."""
+    write = event.write
+    if write is not None and source == EventSource.RECONCILE and version:
+        return dataclasses.replace(write, action=VersionKey(version).action, version=version)
+    return write
 
 
 def storable_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -15,10 +15,11 @@ from typing import Any
 
 import msgspec
 
+from config.errors import MirrorError
 from mirror.versions import Action, Version, VersionError, parse_instant
 
 
-class PayloadError(ValueError):
+class PayloadError(MirrorError, ValueError):
     """A signed body that is not a HealthDock event; the message names the field, never data."""
 
 

@@ -33,6 +33,7 @@ import msgspec
 from sqlalchemy import Engine, Row, func, literal, select, text, tuple_
 from sqlalchemy.engine import Connection
 
+from config.errors import MirrorError
 from mirror.database import unavailable_as_error
 from mirror.events import nested_too_deep
 from mirror.schema import webhook_events
@@ -54,7 +55,7 @@ _HORIZON = text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
 _Row = Row[*tuple[Any, ...]]
 
 
-class FeedError(ValueError):
+class FeedError(MirrorError, ValueError):
     """A request the feed cannot answer (a garbled or unknown cursor, a bad limit)."""
 
 

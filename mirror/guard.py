@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from mirror.states import Effect
-from mirror.versions import Action
+from mirror.versions import Action, VersionKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +63,7 @@ def merge(
 
 
 def _digest(version_key: str | None) -> str | None:
-    return None if version_key is None else version_key.rsplit("|", 1)[1]
+    return None if version_key is None else VersionKey(version_key).digest
 
 
 def _effect(old: RecordState, new: RecordState) -> Effect:

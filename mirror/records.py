@@ -17,7 +17,7 @@ from mirror.events import RecordWrite, Resource
 from mirror.guard import RecordState, merge
 from mirror.schema import MIRRORED_TABLES
 from mirror.states import Effect
-from mirror.versions import VersionError, instant_of_key, parse_instant
+from mirror.versions import VersionError, VersionKey, parse_instant
 
 
 def _text(value: object, max_length: int | None = None) -> str | None:
@@ -105,7 +105,7 @@ def typed_columns(resource: Resource, fields: Mapping[str, Any] | None) -> dict[
 
 def _deleted_at(state: RecordState) -> datetime | None:
     if state.deleted and state.deleted_version is not None:
-        return _datetime(instant_of_key(state.deleted_version))
+        return _datetime(VersionKey(state.deleted_version).instant)
     return None
 
 
@@ -320,7 +320,7 @@ def _row(
         "id": record_id,
         "deleted_version": state.deleted_version,
         "deleted_at": driver.timestamp(_deleted_at(state)),
-        "source_version": instant_of_key(version) if version else None,
+        "source_version": VersionKey(version).instant if version else None,
         "mirrored_at": stamp,
         _SEEN[0]: seen_in_run,
     }

@@ -16,7 +16,6 @@ selectors.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 from collections import Counter
@@ -28,6 +27,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Engine, Row, func, or_, select
 from sqlalchemy.engine import Connection
 
+from config.errors import MirrorError
 from mirror.database import DatabaseUnavailable, read_transaction, unavailable_as_error
 from mirror.eventlog import (
     APPLIED,
@@ -39,13 +39,13 @@ from mirror.eventlog import (
     Outcome,
     record_identities,
     record_replays,
+    stored_write,
 )
 from mirror.events import Event, PayloadError, RecordWrite, Resource, read_event
 from mirror.guard import RecordState, merge
 from mirror.records import apply_writes
 from mirror.schema import MIRRORED_TABLES, webhook_events
 from mirror.states import Effect
-from mirror.versions import Action
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ SKIPPED = "skipped"
 DEFAULT_BATCH_SIZE = 200
 
 
-class SelectionError(ValueError):
+class SelectionError(MirrorError, ValueError):
     """A replay selection that cannot be run; the message says what to change."""
 
 
@@ -296,14 +296,7 @@ def _replay_batch(connection: Connection, rows: Sequence[Row[Any]]) -> list[Repl
 def _write_of(row: Row[Any]) -> tuple[Event, RecordWrite | None]:
     """The stored event, and the write it makes as when it first arrived (None: unknown type)."""
     event = read_event(row.body)
-    write = event.write
-    if write is not None and row.source == RECONCILE and row.version:
-        # A reconcile event is named by the change it found (created, updated, deleted), but
-        # its write was HealthDock's record as of its updated_at: an update. The stored
-        # version says which, so the replay is the very write the reconcile made.
-        action = Action(int(row.version.split("|")[1]))
-        write = dataclasses.replace(write, action=action, version=row.version)
-    return event, write
+    return event, stored_write(row.source, row.version, event)
 
 
 def _apply(connection: Connection, writes: Sequence[RecordWrite]) -> list[Outcome]:

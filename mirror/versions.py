@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 
+from config.errors import MirrorError
+
 _INSTANT = re.compile(
     r"(?P<date>\d{4}-\d{2}-\d{2})[T ](?P<time>\d{2}:\d{2}:\d{2})"
     r"(?:[.,](?P<fraction>\d{1,9}))?"
@@ -20,7 +22,7 @@ _INSTANT = re.compile(
 )
 
 
-class VersionError(ValueError):
+class VersionError(MirrorError, ValueError):
     """A timestamp that is not an ISO 8601 instant."""
 
 
@@ -104,6 +106,30 @@ def _parse_common(text: str) -> Instant | None:
     return Instant(utc.replace(microsecond=0), utc.microsecond * 1000)
 
 
+class VersionKey(str):
+    """A version as the mirror stores it: ``<instant>|<action rank>|<content digest>``.
+
+    A string, so that keys compare in Python as they do in SQL (``source_version``,
+    ``webhook_events.version``); its parts are read from their fixed positions here alone.
+    """
+
+    __slots__ = ()
+    _INSTANT_WIDTH = 30  # YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ
+
+    @property
+    def instant(self) -> str:
+        """The ISO instant (what analysts see as ``source_version``)."""
+        return self[: self._INSTANT_WIDTH]
+
+    @property
+    def action(self) -> Action:
+        return Action(int(self[self._INSTANT_WIDTH + 1]))
+
+    @property
+    def digest(self) -> str:
+        return self[self._INSTANT_WIDTH + 3 :]
+
+
 @dataclass(frozen=True, slots=True)
 class Version:
     """The version of one write: its instant, then its action, then its content digest."""
@@ -111,12 +137,8 @@ class Version:
     instant: Instant
     action: Action
     digest: str  # hex sha-256 of the canonical content
+    # A plain str, as it travels (msgpack frames, SQL parameters); VersionKey(key) reads it.
     key: str = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", f"{self.instant.iso()}|{int(self.action)}|{self.digest}")
-
-
-def instant_of_key(key: str) -> str:
-    """The ISO instant part of a version key (what analysts see as ``source_version``)."""
-    return key.split("|", 1)[0]

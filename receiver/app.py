@@ -14,6 +14,7 @@ from litestar.openapi.spec import Components
 from sqlalchemy import Engine
 
 from config import Settings
+from config.errors import MirrorError
 from mirror.database import create_mirror_engine
 from mirror.migrate import head_revision, is_current
 from receiver.admin import ADMIN_SCHEME, ADMIN_SECURITY_SCHEME, configured_admin_token
@@ -27,7 +28,7 @@ from receiver.webhooks import receive_webhook
 log = logging.getLogger(__name__)
 
 
-class SchemaNotCurrent(Exception):
+class SchemaNotCurrent(MirrorError):
     """The database's schema is not at the migrations' head."""
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import msgspec
 from sqlalchemy.engine import make_url
 
+from config.errors import MirrorError
 from config.logs import configure_logging
 from mirror.eventlog import IncomingEvent
 from mirror.events import Event, RecordWrite, Resource
@@ -64,7 +65,7 @@ EventFrame = tuple[
 ReceiptFrame = tuple[int | None, str, str | None]
 
 
-class CommitterUnavailable(Exception):
+class CommitterUnavailable(MirrorError):
     """The batch was not committed (database unavailable, or the committer died)."""
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from config.errors import MirrorError
 from mirror.database import DatabaseUnavailable
 from mirror.eventlog import IncomingEvent
 from mirror.ingest import Receipt
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 _Pending = tuple[IncomingEvent, "asyncio.Future[Receipt]"]
 
 
-class IntakeClosed(Exception):
+class IntakeClosed(MirrorError):
     """The receiver is shutting down and takes no more events."""
 
 

@@ -27,6 +27,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from config.errors import MirrorError
 from mirror.events import Resource
 from sync.pacer import Pacer, read_rate_limit, retry_after
 
@@ -43,7 +44,7 @@ rate_budget_listener: ContextVar[RateBudgetListener | None] = ContextVar(
 )
 
 
-class UpstreamError(Exception):
+class UpstreamError(MirrorError):
     """HealthDock could not be read (after retries, or with an error retrying cannot fix)."""
 
 

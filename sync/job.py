@@ -24,6 +24,7 @@ import httpx
 from sqlalchemy import Engine
 
 from config import Settings
+from config.errors import ConfigurationError, MirrorError
 from mirror.database import DatabaseUnavailable, write_transaction
 from mirror.events import Resource
 from sync import runs
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 LEASE = "reconcile"
 
 
-class LeaseHeld(Exception):
+class LeaseHeld(MirrorError):
     """Another process is reconciling; the message names it."""
 
 
@@ -61,7 +62,7 @@ def api_client(
     settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
 ) -> HealthDockClient:
     if settings.api_key is None:
-        raise ValueError("HEALTHDOCK_API_KEY: needed to read HealthDock's API")
+        raise ConfigurationError("HEALTHDOCK_API_KEY: needed to read HealthDock's API")
     return HealthDockClient(
         settings.api_url,
         settings.api_key.get_secret_value(),

@@ -33,17 +33,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
-import msgspec
 from sqlalchemy import Engine, Select, and_, case, func, literal, null, or_, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.expression import ColumnElement
 
 from mirror.database import read_transaction, write_transaction
-from mirror.eventlog import APPLIED, RECONCILE, IncomingEvent, Outcome, store_events
-from mirror.events import Event, PayloadError, RecordWrite, Resource, record_write
+from mirror.eventlog import Outcome, reconcile_event, store_events
+from mirror.events import PayloadError, RecordWrite, Resource, record_write
 from mirror.records import apply_writes
 from mirror.schema import MIRRORED_TABLES, sync_runs
-from mirror.states import Effect, RunKind, RunOutcome
+from mirror.states import Effect, EventStatus, RunKind, RunOutcome
 from mirror.versions import Action
 from sync import runs
 from sync.client import HealthDockClient, UpstreamError
@@ -306,12 +305,6 @@ def _api_write(resource: Resource, record: dict[str, Any]) -> RecordWrite | None
         return None
 
 
-_EVENT_OF_EFFECT = {
-    Effect.CREATED: "created",
-    Effect.UPDATED: "updated",
-    Effect.RESTORED: "updated",
-    Effect.DELETED: "deleted",
-}
 _COUNTER_OF_EFFECT = {
     Effect.CREATED: "created",
     Effect.UPDATED: "updated",
@@ -328,31 +321,11 @@ def _record_changes(
     events = []
     now = datetime.now(UTC)
     for write, effect in zip(writes, effects, strict=True):
-        if effect not in _EVENT_OF_EFFECT:
+        event = reconcile_event(run.id, write, effect, now)
+        if event is None:
             continue
         counts[_COUNTER_OF_EFFECT[effect]] += 1
-        event_type = f"{write.resource.value}.{_EVENT_OF_EFFECT[effect]}"
-        timestamp = write.version.split("|", 1)[0]
-        body = msgspec.json.encode(
-            {
-                "event": event_type,
-                "timestamp": timestamp,
-                "data": write.fields or {"id": write.record_id},
-            }
-        )
-        events.append(
-            (
-                IncomingEvent(
-                    source=RECONCILE,
-                    dedup_key=f"run:{run.id}:{write.resource.value}:{write.record_id}:{write.version}",
-                    event=Event(None, event_type, timestamp, write),
-                    body=body,
-                    headers=[],
-                    received_at=now,
-                ),
-                Outcome(APPLIED, effect),
-            )
-        )
+        events.append((event, Outcome(EventStatus.APPLIED, effect)))
     store_events(connection, events)
     return counts
 
