@@ -1,7 +1,9 @@
 """The only writer of ``webhook_events``: every event ever received, verbatim.
 
-Stored first, processed after: an event is inserted keyed on (source, dedup key), so a
-redelivery finds its first copy and has no second effect.
+An event is keyed on (source, dedup key): a redelivery finds its first copy and has no second
+effect. Its row is inserted once, with its outcome, in the same transaction that applies it
+(``mirror.ingest``), so an event is never stored without its effect nor applied without its
+row; an event that could not be read or applied is stored ``failed``, for replay.
 """
 
 from __future__ import annotations

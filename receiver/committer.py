@@ -24,45 +24,19 @@ import multiprocessing
 import os
 import socket
 import struct
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from multiprocessing.connection import Connection
-from typing import Any
 
-import msgspec
 from sqlalchemy.engine import make_url
 
 from config.errors import MirrorError
 from config.logs import configure_logging
-from mirror.eventlog import IncomingEvent
-from mirror.events import Event, RecordWrite, Resource
-from mirror.versions import Action
+from receiver import frames
 
 log = logging.getLogger(__name__)
 
-_READY = "ready"
-_UNAVAILABLE = "unavailable"
 _HEADER = struct.Struct("!i")
 # Children fork from a server that has already imported the mirror core: a restart is fast.
 _PRELOAD = ["mirror.ingest", "mirror.events", "sqlalchemy", "psycopg"]
-
-# (resource, record id, action, version key, fields), as parsed by the receiver.
-WriteFrame = tuple[str, str, int, str, Mapping[str, Any] | None]
-# (source, dedup key, body, headers, received at, event id, event type, timestamp, write,
-#  why the body could not be read)
-EventFrame = tuple[
-    str,
-    str,
-    bytes,
-    list[tuple[str, str]],
-    float,
-    str | None,
-    str,
-    str,
-    WriteFrame | None,
-    str | None,
-]
-ReceiptFrame = tuple[int | None, str, str | None]
 
 
 class CommitterUnavailable(MirrorError):
@@ -93,40 +67,25 @@ def run_committer(
     # A process of its own: the receiver's logging setup does not reach it.
     configure_logging(log_level, log_format, secrets=[make_url(database_url).password or ""])
     engine = create_mirror_engine(database_url, timeout_seconds=timeout_seconds)
-    channel.send_bytes(msgspec.msgpack.encode(_READY))
+    channel.send_bytes(frames.encode_answer(frames.Ready()))
     log.info("committer started (pid %d)", os.getpid())
     try:
         while True:
             try:
-                frames: list[EventFrame] = msgspec.msgpack.decode(channel.recv_bytes())
+                batch = frames.decode_batch(channel.recv_bytes())
             except (EOFError, OSError):
                 return  # the receiver stopped or died: nothing more will come
-            items = [_incoming(frame) for frame in frames]
+            items = [frames.incoming_of(frame) for frame in batch]
+            answer: frames.Answer
             try:
-                answer: Any = [(r.seq, r.status, r.effect) for r in ingest(engine, items)]
+                answer = frames.Committed(
+                    [frames.Receipt(r.seq, r.status, r.effect) for r in ingest(engine, items)]
+                )
             except DatabaseUnavailable as error:
-                answer = [_UNAVAILABLE, str(error)]
-            channel.send_bytes(msgspec.msgpack.encode(answer))
+                answer = frames.Unavailable(str(error))
+            channel.send_bytes(frames.encode_answer(answer))
     finally:
         engine.dispose()
-
-
-def _incoming(frame: EventFrame) -> IncomingEvent:
-    """The event the receiver verified and parsed, rebuilt without parsing it again."""
-    source, key, body, headers, received, event_id, event_type, timestamp, write, unreadable = frame
-    record_write = None
-    if write is not None:
-        resource, record_id, action, version, fields = write
-        record_write = RecordWrite(Resource(resource), record_id, Action(action), version, fields)
-    return IncomingEvent(
-        source,
-        key,
-        Event(event_id, event_type, timestamp, record_write),
-        body,
-        [(name, value) for name, value in headers],
-        datetime.fromtimestamp(received, UTC),
-        unreadable,
-    )
 
 
 class CommitterClient:
@@ -166,7 +125,7 @@ class CommitterClient:
         ours.close()
         self._reader, self._writer = await asyncio.open_unix_connection(sock=sock)
         ready = await asyncio.wait_for(self._receive(), timeout=60)
-        if ready != _READY:
+        if not isinstance(ready, frames.Ready):
             raise CommitterUnavailable("the committer did not start")
 
     async def stop(self) -> None:
@@ -185,11 +144,11 @@ class CommitterClient:
     def alive(self) -> bool:
         return self._writer is not None and self._process is not None and self._process.is_alive()
 
-    async def commit(self, frames: Sequence[EventFrame]) -> list[ReceiptFrame]:
+    async def commit(self, batch: list[frames.EventFrame]) -> list[frames.Receipt]:
         """Store and apply one batch; raises CommitterUnavailable when nothing was committed."""
         if self._writer is None:
             raise CommitterUnavailable("the committer is not running")
-        payload = msgspec.msgpack.encode(frames)
+        payload = frames.encode_batch(batch)
         try:
             self._writer.write(_HEADER.pack(len(payload)) + payload)
             await self._writer.drain()
@@ -205,9 +164,11 @@ class CommitterClient:
             ) from None
         except (OSError, ConnectionError, asyncio.IncompleteReadError) as error:
             raise CommitterUnavailable("the committer stopped") from error
-        if isinstance(answer, list) and answer[:1] == [_UNAVAILABLE]:
-            raise CommitterUnavailable(str(answer[1]))
-        return [tuple(receipt) for receipt in answer]
+        if isinstance(answer, frames.Unavailable):
+            raise CommitterUnavailable(answer.reason)
+        if not isinstance(answer, frames.Committed):
+            raise CommitterUnavailable("the committer answered out of turn")
+        return answer.receipts
 
     def _abandon(self) -> None:
         """Kill the child now; the intake starts a new one for the next batch."""
@@ -217,7 +178,7 @@ class CommitterClient:
             self._writer.close()
         self._reader = self._writer = None
 
-    async def _receive(self) -> Any:
+    async def _receive(self) -> frames.Answer:
         assert self._reader is not None
         (size,) = _HEADER.unpack(await self._reader.readexactly(_HEADER.size))
-        return msgspec.msgpack.decode(await self._reader.readexactly(size))
+        return frames.decode_answer(await self._reader.readexactly(size))

@@ -15,7 +15,8 @@ from config.errors import MirrorError
 from mirror.database import DatabaseUnavailable
 from mirror.eventlog import IncomingEvent
 from mirror.ingest import Receipt
-from receiver.committer import CommitterClient, CommitterUnavailable, EventFrame
+from receiver import frames
+from receiver.committer import CommitterClient, CommitterUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -24,30 +25,6 @@ _Pending = tuple[IncomingEvent, "asyncio.Future[Receipt]"]
 
 class IntakeClosed(MirrorError):
     """The receiver is shutting down and takes no more events."""
-
-
-def _frame(item: IncomingEvent) -> EventFrame:
-    event, write = item.event, item.event.write
-    return (
-        item.source,
-        item.dedup_key,
-        item.body,
-        list(item.headers),
-        item.received_at.timestamp(),
-        event.event_id,
-        event.event_type,
-        event.timestamp,
-        None
-        if write is None
-        else (
-            write.resource.value,
-            write.record_id,
-            int(write.action),
-            write.version,
-            write.fields,
-        ),
-        item.unreadable,
-    )
 
 
 class Intake:
@@ -111,7 +88,7 @@ class Intake:
                 log.warning("committer is not running; restarting it")
                 await self._committer.stop()
                 await self._committer.start()
-            receipts = await self._committer.commit([_frame(item) for item, _ in batch])
+            receipts = await self._committer.commit([frames.frame_of(item) for item, _ in batch])
         except CommitterUnavailable as error:
             log.warning("database unavailable, %d events refused: %s", len(batch), error)
             self._fail(batch, str(error))
@@ -121,9 +98,9 @@ class Intake:
             log.error("intake batch failed with %s", type(error).__name__)
             self._fail(batch, "event could not be stored")
             return
-        for (_, future), (seq, status, effect) in zip(batch, receipts, strict=True):
+        for (_, future), receipt in zip(batch, receipts, strict=True):
             if not future.done():
-                future.set_result(Receipt(seq, status, effect))
+                future.set_result(Receipt(receipt.seq, receipt.status, receipt.effect))
 
     @staticmethod
     def _fail(batch: list[_Pending], reason: str) -> None:

@@ -127,6 +127,8 @@ class Metrics:
     summary="Prometheus metrics (counts only, no patient data; unauthenticated)",
     tags=["operations"],
     sync_to_thread=True,
+    # Prometheus' text exposition format (OpenMetrics when the scraper asks for it), not JSON.
+    media_type=MediaType.TEXT,
 )
 def metrics_endpoint(request: Request[Any, Any, Any]) -> Response[bytes]:
     metrics: Metrics = request.app.state.metrics
