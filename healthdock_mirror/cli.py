@@ -17,9 +17,16 @@ from sqlalchemy import Engine
 
 from config import ConfigurationError, Settings, SettingsError, load_settings
 from config.logs import configure_logging
-from mirror.database import DatabaseUnavailable, create_mirror_engine, is_sqlite, sqlite_file
+from mirror.database import DatabaseUnavailable, create_mirror_engine, sqlite_file
 from mirror.events import Resource
-from mirror.migrate import current_revision, head_revision, upgrade
+from mirror.migrate import (
+    SchemaNotCurrent,
+    current_revision,
+    head_revision,
+    prepare_for_writing,
+    require_current,
+    upgrade,
+)
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -112,16 +119,14 @@ def worker() -> None:
 
 
 def _ensure_schema(settings: Settings) -> None:
-    """Migrate the embedded SQLite default on first start; ask for `migrate` elsewhere."""
+    """Before a command that writes the mirror: the core's rule (mirror.migrate)."""
     with _database(settings) as engine:
-        if current_revision(engine) == head_revision():
-            return
-        if not is_sqlite(engine):
-            raise click.ClickException(
-                "the database schema is not current: run `healthdock-mirror migrate` first"
-            )
-        upgrade(engine)
-        click.echo(f"migrated the SQLite mirror to {head_revision()}")
+        try:
+            migrated = prepare_for_writing(engine)
+        except SchemaNotCurrent as error:
+            raise click.ClickException(str(error)) from None
+    if migrated is not None:
+        click.echo(f"migrated the SQLite mirror to {migrated}")
 
 
 @contextlib.contextmanager
@@ -230,10 +235,11 @@ def status(run_count: int, as_json: bool) -> None:
     settings = _settings()
     _configure_logging(settings)
     _existing_mirror(settings)
-    # A migration note goes to stderr: stdout carries only the status (one JSON document).
-    with contextlib.redirect_stdout(sys.stderr):
-        _ensure_schema(settings)
     with _database(settings) as engine:
+        try:
+            require_current(engine)  # a read command never writes, not even a migration
+        except SchemaNotCurrent as error:
+            raise click.ClickException(str(error)) from None
         facts = gather_status(engine, runs=run_count)
     if as_json:
         click.echo(json.dumps(status_document(facts), indent=2))

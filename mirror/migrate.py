@@ -11,7 +11,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 import migrations
-from mirror.database import unavailable_as_error
+from config.errors import MirrorError
+from mirror.database import is_sqlite, unavailable_as_error
 
 _SCRIPT_LOCATION = str(Path(migrations.__file__).parent)
 
@@ -37,6 +38,34 @@ def current_revision(engine: Engine) -> str | None:
 
 def is_current(engine: Engine) -> bool:
     return current_revision(engine) == head_revision()
+
+
+class SchemaNotCurrent(MirrorError):
+    """The database's schema is not at the migrations' head."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the database schema is not current: run `healthdock-mirror migrate` first"
+        )
+
+
+def require_current(engine: Engine) -> None:
+    """For whatever only reads the mirror: a schema behind the code is refused, never changed."""
+    if not is_current(engine):
+        raise SchemaNotCurrent
+
+
+def prepare_for_writing(engine: Engine) -> str | None:
+    """Before a process that writes the mirror starts: the embedded SQLite default is migrated
+    on first use (a hospital trying the service has nothing else to run); any other database
+    is migrated only by ``healthdock-mirror migrate``, when its operator says so. Returns the
+    revision migrated to, or None when the schema was current."""
+    if is_current(engine):
+        return None
+    if not is_sqlite(engine):
+        raise SchemaNotCurrent
+    upgrade(engine)
+    return head_revision()
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:

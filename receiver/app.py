@@ -14,9 +14,8 @@ from litestar.openapi.spec import Components
 from sqlalchemy import Engine
 
 from config import Settings
-from config.errors import MirrorError
 from mirror.database import create_mirror_engine
-from mirror.migrate import head_revision, is_current
+from mirror.migrate import head_revision, require_current
 from receiver.admin import ADMIN_SCHEME, ADMIN_SECURITY_SCHEME, configured_admin_token
 from receiver.errors import EXCEPTION_HANDLERS
 from receiver.feed import read_events
@@ -26,10 +25,6 @@ from receiver.metrics import Metrics, metrics_endpoint
 from receiver.webhooks import receive_webhook
 
 log = logging.getLogger(__name__)
-
-
-class SchemaNotCurrent(MirrorError):
-    """The database's schema is not at the migrations' head."""
 
 
 # Something that runs alongside the receiver (the scheduler, say), given the app's engine.
@@ -57,10 +52,7 @@ def create_app(
             settings.database_url, timeout_seconds=settings.database_timeout_seconds
         )
         try:
-            if not is_current(engine):
-                raise SchemaNotCurrent(
-                    "the database schema is not current: run `healthdock-mirror migrate`"
-                )
+            require_current(engine)
             intake = Intake(
                 settings.database_url,
                 timeout_seconds=settings.database_timeout_seconds,

@@ -355,15 +355,13 @@ def test_a_schema_that_is_not_current(database_url: str) -> None:
         # An existing mirror file from before a migration (a missing file is refused).
         sqlite3.connect(database_url.removeprefix("sqlite:///")).close()
     result = invoke(database_url, "--json")
-    if database_url.startswith("sqlite"):
-        # The embedded default is migrated on first use, as `serve` does; stdout stays JSON.
-        assert result.exit_code == 0, result.output
-        assert "migrated the SQLite mirror" in result.stderr
-        assert json.loads(result.stdout)["counts"]["webhook_events"] == 0
-    else:
-        assert result.exit_code != 0
-        assert "run `healthdock-mirror migrate` first" in result.output
-        assert result.stdout == ""
+    # A read command never writes: not even the migration `serve` would make of a SQLite file.
+    assert result.exit_code != 0
+    assert "run `healthdock-mirror migrate` first" in result.output
+    assert result.stdout == ""
+    if database_url.startswith("sqlite:///"):
+        with sqlite3.connect(database_url.removeprefix("sqlite:///")) as connection:
+            assert connection.execute("SELECT name FROM sqlite_master").fetchall() == []
 
 
 def test_an_unreachable_database_is_one_clear_line() -> None:
