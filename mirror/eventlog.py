@@ -107,6 +107,21 @@ def reconcile_event(
     )
 
 
+def replay_event(
+    seq: int, event: Event, write: RecordWrite, body: bytes, received_at: datetime
+) -> IncomingEvent:
+    """The event that puts into the log a change an operator's replay of event ``seq`` made,
+    so that the change feed has it: the replayed body, as the write it made."""
+    return IncomingEvent(
+        source=EventSource.REPLAY,
+        dedup_key=f"replay:{seq}:{write.version}",
+        event=Event(None, event.event_type, event.timestamp, write),
+        body=body,
+        headers=[],
+        received_at=received_at,
+    )
+
+
 def stored_write(source: str, version: str | None, event: Event) -> RecordWrite | None:
     """The write a stored event makes, as when it was first stored: a reconcile event's is the
     one its stored version names (see :func:`reconcile_event`)."""

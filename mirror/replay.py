@@ -39,6 +39,8 @@ from mirror.eventlog import (
     Outcome,
     record_identities,
     record_replays,
+    replay_event,
+    store_events,
     stored_write,
 )
 from mirror.events import Event, PayloadError, RecordWrite, Resource, read_event
@@ -243,6 +245,8 @@ def _next_batch(
 def _replay_batch(connection: Connection, rows: Sequence[Row[Any]]) -> list[ReplayedEvent]:
     """Apply one batch inside the caller's transaction and record each event's outcome."""
     writes: dict[int, RecordWrite] = {}
+    events: dict[int, Event] = {}
+    bodies: dict[int, bytes] = {}
     decided: dict[int, Outcome] = {}
     identified: list[tuple[int, Event]] = []
     for row in rows:
@@ -260,10 +264,19 @@ def _replay_batch(connection: Connection, rows: Sequence[Row[Any]]) -> list[Repl
             decided[row.seq] = Outcome(IGNORED)
         else:
             writes[row.seq] = write
+            events[row.seq], bodies[row.seq] = event, row.body
     states = _record_states(connection, list(writes.values()))
     applied = dict(zip(writes, _apply(connection, list(writes.values())), strict=True))
     record_replays(connection, [*decided.items(), *applied.items()])
     record_identities(connection, identified)
+    # What changed the mirror enters the log (and so the change feed) as a replay event.
+    now = datetime.now(UTC)
+    changes = [
+        (replay_event(seq, events[seq], writes[seq], bodies[seq], now), outcome)
+        for seq, outcome in applied.items()
+        if outcome.status == APPLIED and outcome.effect != Effect.STALE
+    ]
+    store_events(connection, changes)
 
     results = []
     for row in rows:

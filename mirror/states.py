@@ -37,6 +37,7 @@ class EventSource(StrEnum):
 
     WEBHOOK = "webhook"
     RECONCILE = "reconcile"  # a change a reconcile pass discovered (a missed event)
+    REPLAY = "replay"  # an operator's replay changed the mirror: fed like any other change
 
 
 class Effect(StrEnum):

@@ -207,7 +207,7 @@ def test_json_reports_the_exact_facts(database_url: str, known: KnownMirror) -> 
     }
     last_day = document["last_day"]
     assert last_day["events_by_status"] == {"applied": 9, "ignored": 1, "failed": 0, "pending": 1}
-    assert last_day["events_by_source"] == {"webhook": 10, "reconcile": 1}
+    assert last_day["events_by_source"] == {"webhook": 10, "reconcile": 1, "replay": 0}
     assert last_day["events_by_type"] == {
         "appointment.confirmed": 1,
         "appointment.created": 2,

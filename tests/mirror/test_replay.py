@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, delete, func, select
 
 from fake_healthdock import FakeHealthDock
+from mirror.database import read_transaction
 from mirror.eventlog import PENDING, Outcome, store_events
 from mirror.events import Resource
+from mirror.feed import read_feed
 from mirror.ingest import ingest
 from mirror.replay import ReplayedEvent, Selection, SelectionError, replay
 from mirror.retention import prune_event_payloads
@@ -309,3 +312,37 @@ def test_replaying_any_events_in_any_order_never_changes_a_converged_mirror(
         replay(engine, Selection(seqs=tuple(together)), batch_size=data.draw(st.integers(1, 4)))
 
     assert mirror_contents(engine) == converged
+
+
+def _feed(engine: Engine) -> list[Any]:
+    """Every stored event, as the change feed serves them. On PostgreSQL another test's open
+    transaction can hold the feed back a moment: waited for, with a deadline."""
+    stored = read_transaction(
+        engine, lambda c: c.execute(select(func.count()).select_from(webhook_events)).scalar()
+    )
+    deadline = time.monotonic() + 30
+    while len(events := read_feed(engine, limit=1000).events) < stored:
+        assert time.monotonic() < deadline, f"the feed gave {len(events)} of {stored}"
+        time.sleep(0.05)
+    return list(events)
+
+
+def test_a_replay_that_changes_the_mirror_is_in_the_change_feed(engine: Engine) -> None:
+    refuse_patient(engine, "POISON")
+    ingest(engine, [incoming(event("patient.created", patient("POISON")))])
+    assert [e.source for e in _feed(engine)] == ["webhook"]  # stored failed, nothing changed
+
+    fix_the_cause(engine)
+    [fixed] = replayed(engine, Selection(statuses=("failed",)))
+    assert fixed.effect == "created"
+    fed = _feed(engine)
+    assert [(e.source, e.record_id, e.status, e.effect) for e in fed] == [
+        ("webhook", "POISON", "applied", "created"),
+        ("replay", "POISON", "applied", "created"),
+    ]
+    assert fed[1].payload["data"]["patient_id"] == "POISON"  # the replayed body
+
+    # A replay that changes nothing (stale) feeds nothing.
+    [again] = replayed(engine, Selection(seqs=(fixed.seq,)))
+    assert again.effect == "stale"
+    assert len(_feed(engine)) == 2
