@@ -14,8 +14,7 @@ from litestar.openapi.spec import Components
 from sqlalchemy import Engine
 
 from config import Settings
-from mirror.database import create_mirror_engine
-from mirror.migrate import head_revision, require_current
+from mirror import create_mirror_engine, head_revision, require_current
 from receiver.admin import ADMIN_SCHEME, ADMIN_SECURITY_SCHEME, configured_admin_token
 from receiver.errors import EXCEPTION_HANDLERS
 from receiver.feed import read_events

@@ -61,8 +61,7 @@ def run_committer(
     log_format: str = "text",
 ) -> None:
     """The child's main loop: one batch in, its receipts out, until the parent goes away."""
-    from mirror.database import DatabaseUnavailable, create_mirror_engine
-    from mirror.ingest import ingest
+    from mirror import DatabaseUnavailable, create_mirror_engine, ingest
 
     # A process of its own: the receiver's logging setup does not reach it.
     configure_logging(log_level, log_format, secrets=[make_url(database_url).password or ""])

@@ -12,9 +12,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 
-from mirror.database import DatabaseUnavailable
-from mirror.events import PayloadError
-from mirror.feed import FeedError
+from mirror import DatabaseUnavailable, FeedError, PayloadError
 from receiver.intake import IntakeClosed
 from receiver.signature import SignatureError
 

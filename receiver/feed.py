@@ -9,7 +9,7 @@ from litestar import Request, get
 from litestar.params import Parameter, QueryParameter
 from sqlalchemy import Engine
 
-from mirror.feed import DEFAULT_LIMIT, MAX_LIMIT, FeedPage, read_feed
+from mirror import DEFAULT_LIMIT, MAX_LIMIT, FeedPage, read_feed
 from receiver.admin import ADMIN_SECURITY, require_admin_token
 from receiver.errors import error_responses
 

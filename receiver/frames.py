@@ -13,9 +13,7 @@ from typing import Any
 
 import msgspec
 
-from mirror.eventlog import IncomingEvent
-from mirror.events import Event, RecordWrite, Resource
-from mirror.versions import Action
+from mirror import Action, Event, IncomingEvent, RecordWrite, Resource
 
 
 class WriteFrame(msgspec.Struct, array_like=True, frozen=True):

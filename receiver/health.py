@@ -7,8 +7,7 @@ from typing import Any
 from litestar import Request, Response, get
 from sqlalchemy import Engine, text
 
-from mirror.database import DatabaseUnavailable, read_transaction
-from mirror.migrate import current_revision
+from mirror import DatabaseUnavailable, current_revision, read_transaction
 
 
 @get("/healthz", summary="The process is up", tags=["operations"])

@@ -12,9 +12,7 @@ import asyncio
 import logging
 
 from config.errors import MirrorError
-from mirror.database import DatabaseUnavailable
-from mirror.eventlog import IncomingEvent
-from mirror.ingest import Receipt
+from mirror import DatabaseUnavailable, IncomingEvent, Receipt
 from receiver import frames
 from receiver.committer import CommitterClient, CommitterUnavailable
 

@@ -39,10 +39,8 @@ from sqlalchemy import Engine, func, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from mirror.database import DatabaseUnavailable, read_transaction
-from mirror.events import EVENT_TYPES
+from mirror import EVENT_TYPES, UNSETTLED, DatabaseUnavailable, RunOutcome, read_transaction
 from mirror.schema import UNSETTLED_EVENTS, leases, sync_runs, webhook_events
-from mirror.states import UNSETTLED, RunOutcome
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 import msgspec
 
 from config.errors import MirrorError
-from mirror.events import PayloadError, decode_document
+from mirror import PayloadError, decode_document
 
 SIGNATURE_HEADER = "X-HealthDock-Signature"
 _PREFIX = "sha256="

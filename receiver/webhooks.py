@@ -21,10 +21,17 @@ from litestar.openapi.spec import Parameter as OpenAPIParameter
 from litestar.response.base import ASGIResponse
 
 from config import Settings
-from mirror.database import DatabaseUnavailable
-from mirror.eventlog import WEBHOOK, IncomingEvent, dedup_key, storable_headers
-from mirror.events import PayloadError, read_event, unreadable_event
-from mirror.ingest import Receipt
+from mirror import (
+    DatabaseUnavailable,
+    EventSource,
+    IncomingEvent,
+    PayloadError,
+    Receipt,
+    dedup_key,
+    read_event,
+    storable_headers,
+    unreadable_event,
+)
 from receiver.errors import error_responses
 from receiver.intake import Intake, IntakeClosed
 from receiver.metrics import BAD_REQUEST, TOO_LARGE, UNAVAILABLE, Metrics
@@ -186,7 +193,7 @@ async def _receive(request: Request[Any, Any, Any]) -> tuple[str, Receipt]:
         # nobody would see them. Stored as failed, they wait for an operator and a replay.
         event, unreadable = unreadable_event(body), str(error)
     item = IncomingEvent(
-        source=WEBHOOK,
+        source=EventSource.WEBHOOK,
         dedup_key=dedup_key(event.event_id, signed),
         event=event,
         body=body,
