@@ -400,6 +400,60 @@ def test_a_valid_signature_over_garbage_is_kept_as_failed(target: Target, body: 
     target.kept_as_failed(target.post(body, signed(body)), before)
 
 
+# --- the webhook: the body-embedded form, read one way only ------------------------------------
+
+
+def _embedded(document: dict[str, Any], secret: bytes = SECRET) -> tuple[bytes, bytes]:
+    """(the signed bytes, the body) of the compatibility form, as HealthDock writes it."""
+    signed_bytes = stringify(document).encode()
+    member = b'"signature":"' + sign(signed_bytes, secret).encode() + b'"'
+    return signed_bytes, signed_bytes[:-1] + (b"," if document else b"") + member + b"}"
+
+
+_SHAPES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5)
+    ),
+    max_leaves=40,
+)
+
+
+@FUZZ
+@given(data=st.dictionaries(st.text(max_size=8), _SHAPES, max_size=6), name=st.text(max_size=8))
+def test_an_embedded_form_with_a_member_read_two_ways_stores_nothing_unsigned(
+    target: Target, data: dict[str, Any], name: str
+) -> None:
+    document = {"event": "patient.updated", "timestamp": TIMESTAMPS[0], "data": data}
+    _, body = _embedded(document)
+    # An attacker's member spliced in before the signed one, under a name the body holds.
+    forged_name = (list(data) or [name])[0]
+    forged = body.replace(b'"data":{', b'"data":{' + stringify(forged_name).encode() + b':"x",', 1)
+    before = target.stored()
+    response = target.post(forged)
+    if forged == body:
+        return  # nothing was spliced (an empty name list): not the case under test
+    assert response.status_code in (400, 401), response.text
+    assert target.stored() == before
+
+
+@FUZZ
+@given(
+    data=st.dictionaries(st.text(max_size=8), _SHAPES, max_size=6),
+    junk=st.binary(min_size=1, max_size=64),
+)
+def test_a_body_form_with_a_wrong_signature_is_refused_whatever_surrounds_it(
+    target: Target, data: dict[str, Any], junk: bytes
+) -> None:
+    document = {"event": "patient.updated", "timestamp": TIMESTAMPS[0], "data": data}
+    _, body = _embedded(document, secret=b"not-ours")
+    before = target.stored()
+    for candidate in (body, junk + body, body + junk, body.replace(b"{", b"{ ", 1)):
+        response = target.post(candidate)
+        assert response.status_code in (400, 401), response.text
+    assert target.stored() == before
+
+
 # --- the webhook: events with every field wrong, signed and not -----------------------------------
 
 _JSON_SCALARS = st.one_of(
