@@ -229,3 +229,15 @@ def test_a_body_form_that_is_not_json_is_a_precise_payload_error() -> None:
     # A lone surrogate in a body not written by JSON.stringify: named as such.
     with pytest.raises(PayloadError, match="lone UTF-16 surrogate"):
         verify(b'{"signature": "sha256=' + b"0" * 64 + b'", "a": "\\ud800"}', None, [b"k"])
+
+
+def test_a_member_moved_into_a_nested_object_is_not_the_body_signature() -> None:
+    """Cut out of a nested object, the bytes would verify, but the stored body would carry a
+    "signature" field in its data that HealthDock never signed."""
+    signed_bytes = b'{"event":"patient.updated","data":{"a":1}}'
+    body = _embedded_signature_body(signed_bytes, b"k", "last")
+    member = body[len(signed_bytes) : -1]  # ,"signature":"sha256=..."
+    moved = signed_bytes[:-2] + member + b"}}"  # {"event":...,"data":{"a":1,"signature":...}}
+    assert verify(body, None, [b"k"]) == signed_bytes
+    with pytest.raises(SignatureError):
+        verify(moved, None, [b"k"])
