@@ -12,11 +12,12 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from pydantic import SecretStr
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, case, func, select
 
 from config import Settings
 from mirror.database import DatabaseUnavailable, read_transaction
 from mirror.schema import appointments, patients, sync_runs, webhook_events
+from mirror.states import LOSS_KINDS
 
 log = logging.getLogger("healthdock_mirror.demo")
 
@@ -89,9 +90,11 @@ def _status_line(connection: Any) -> str:
         )
 
     webhooks = count(webhook_events, webhook_events.c.source == "webhook")
+    # Every run is counted; what they healed leaves out a backfill's initial copy (not loss).
+    loss = sync_runs.c.kind.in_(LOSS_KINDS)
     healed = connection.execute(
-        select(func.sum(sync_runs.c.created), func.sum(sync_runs.c.updated),
-               func.sum(sync_runs.c.tombstoned), func.count())
+        select(*(func.sum(case((loss, column), else_=0)) for column in (
+            sync_runs.c.created, sync_runs.c.updated, sync_runs.c.tombstoned)), func.count())
     ).one()  # fmt: skip
     return (
         f"mirror: {count(patients, patients.c.deleted_at.is_(None))} patients, "

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 
 from mirror.database import read_transaction
 from mirror.schema import appointments, patients, sync_runs, webhook_events
-from mirror.states import UNSETTLED, EventSource, EventStatus
+from mirror.states import LOSS_KINDS, UNSETTLED, EventSource, EventStatus
 
 WINDOW = timedelta(days=1)
 """The recent past that event counts and healed totals cover."""
@@ -183,7 +183,7 @@ def _healed(connection: Connection, since: datetime) -> Healed:
                     sync_runs.c.rate_limited,
                 )
             ),
-        ).where(sync_runs.c.started_at >= since)
+        ).where(sync_runs.c.started_at >= since, sync_runs.c.kind.in_(LOSS_KINDS))
     ).one()
     runs, created, updated, tombstoned, rate_limited = (int(value) for value in row)
     return Healed(runs, created, updated, tombstoned, rate_limited)

@@ -98,6 +98,7 @@ __all__ = [
     "is_sqlite",
     "parse_instant",
     "prepare_for_writing",
+    "prune_event_payloads",
     "read_event",
     "read_feed",
     "read_transaction",

@@ -6,9 +6,12 @@ and the migrations agree on.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from sqlalchemy import (
     JSON,
     BigInteger,
+    CheckConstraint,
     Column,
     Date,
     DateTime,
@@ -24,13 +27,14 @@ from sqlalchemy import (
     text,
 )
 
-from mirror.states import UNSETTLED
+from mirror.states import UNSETTLED, Effect, EventSource, EventStatus, RunKind, RunOutcome
 
 metadata = MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
         "uq": "uq_%(table_name)s_%(column_0_N_name)s",
         "pk": "pk_%(table_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
     }
 )
 
@@ -85,6 +89,12 @@ appointments = Table(
     Index(None, "patient_id"),
 )
 
+
+def _one_of(column: str, states: type[StrEnum]) -> str:
+    """A CHECK constraint's condition: the column holds one of ``states``."""
+    return f"{column} IN ({', '.join(repr(str(state)) for state in states)})"
+
+
 # The partial index's predicate, written as its readers must write it for the index to serve.
 UNSETTLED_EVENTS = f"status IN ({', '.join(repr(str(status)) for status in UNSETTLED)})"
 
@@ -92,7 +102,7 @@ webhook_events = Table(
     "webhook_events",
     metadata,
     Column("seq", _Serial, primary_key=True, autoincrement=True),
-    Column("source", String(16), nullable=False, comment="webhook or reconcile"),
+    Column("source", String(16), nullable=False, comment="webhook, reconcile or replay"),
     Column("dedup_key", String(160), nullable=False, comment="body id, else digest of content"),
     Column("event_id", String(128)),
     Column("event_type", String(64), nullable=False),
@@ -110,7 +120,9 @@ webhook_events = Table(
     Column("body", LargeBinary, comment="the raw bytes as received; NULL once pruned"),
     Column("body_pruned_at", _Timestamp, comment="when retention removed the raw payload"),
     # PostgreSQL only: the writing transaction's id. The change feed reads an event only once
-    # every transaction that could still commit a lower one has ended (see mirror.feed).
+    # every transaction that could still commit a lower one has ended (see mirror.feed). The
+    # column defaults to it there (a migration sets the default: SQLite has no such function),
+    # so a writer that does not name it is fed all the same.
     Column("txid", BigInteger, comment="writer's transaction id (PostgreSQL)"),
     UniqueConstraint("dedup_key", "source"),
     Index(None, "received_at"),
@@ -123,6 +135,9 @@ webhook_events = Table(
     ),
     Index(None, "resource", "record_id"),
     Index(None, "txid", "seq"),
+    CheckConstraint(_one_of("status", EventStatus), name="status"),
+    CheckConstraint(_one_of("source", EventSource), name="source"),
+    CheckConstraint(f"effect IS NULL OR {_one_of('effect', Effect)}", name="effect"),
 )
 
 sync_runs = Table(
@@ -130,13 +145,19 @@ sync_runs = Table(
     metadata,
     Column("id", _Serial, primary_key=True, autoincrement=True),
     Column("resource", String(16), nullable=False),
-    Column("kind", String(16), nullable=False, comment="full or upcoming"),
+    Column("kind", String(16), nullable=False, comment="backfill, full or upcoming"),
     Column("started_at", _Timestamp, nullable=False),
     Column("finished_at", _Timestamp),
-    Column("outcome", String(16), nullable=False, comment="running, success, incomplete, failed"),
+    Column(
+        "outcome",
+        String(16),
+        nullable=False,
+        comment="running, success, incomplete, failed, held",
+    ),
     Column("pages", Integer, nullable=False, default=0),
     Column("records", Integer, nullable=False, default=0),
-    # What the pass changed: each is a change the webhooks did not bring (missed events).
+    # What the pass changed: a change the webhooks did not bring (missed events), except in a
+    # backfill, whose changes are the initial copy.
     Column("created", Integer, nullable=False, default=0),
     Column("updated", Integer, nullable=False, default=0),
     Column("tombstoned", Integer, nullable=False, default=0),
@@ -146,6 +167,8 @@ sync_runs = Table(
     Column("errors", Integer, nullable=False, default=0),
     Column("error", Text),
     Column("checkpoint", JSON),
+    # Which taking of the reconcile lease wrote the row last: the fence its writes checked.
+    Column("lease_token", BigInteger, comment="fencing token of the row's last write"),
     Index(None, "started_at"),
 )
 
@@ -155,6 +178,13 @@ leases = Table(
     Column("name", String(64), primary_key=True),
     Column("holder", String(128), nullable=False),
     Column("expires_at", _Timestamp, nullable=False),
+    # The fencing token: one more at each taking by a new holder, kept by its renewals. Every
+    # write of a pass checks it, so a holder that lost the lease can never write again.
+    Column("token", BigInteger, nullable=False, server_default="0", comment="fencing token"),
 )
 
 MIRRORED_TABLES = {"patient": patients, "appointment": appointments}
+
+# Kept apart from the table's columns (the reconcile's to change): what a run may record.
+sync_runs.append_constraint(CheckConstraint(_one_of("outcome", RunOutcome), name="outcome"))
+sync_runs.append_constraint(CheckConstraint(_one_of("kind", RunKind), name="kind"))

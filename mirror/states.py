@@ -1,8 +1,8 @@
 """Every state the mirror records, in one place: the values of its status and kind columns.
 
 Each is a ``StrEnum``: a member is the string stored in the database (and shown by ``status``
-and the feed), so it compares equal to what a query returns. The migration that adds the
-columns' CHECK constraints reads the allowed values from here.
+and the feed), so it compares equal to what a query returns. The schema's CHECK
+constraints are built from them.
 """
 
 from __future__ import annotations
@@ -68,6 +68,5 @@ class RunKind(StrEnum):
     UPCOMING = "upcoming"  # appointments of the coming days only
 
 
-def check_values(states: type[StrEnum]) -> str:
-    """The SQL list of a column's allowed values, for its CHECK constraint."""
-    return ", ".join(f"'{state.value}'" for state in states)
+# Passes whose changes are webhook loss (what webhooks should have brought): not a backfill's.
+LOSS_KINDS = (RunKind.FULL, RunKind.UPCOMING)

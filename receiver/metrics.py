@@ -41,6 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mirror import EVENT_TYPES, UNSETTLED, DatabaseUnavailable, RunOutcome, read_transaction
 from mirror.schema import UNSETTLED_EVENTS, leases, sync_runs, webhook_events
+from mirror.states import LOSS_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +271,7 @@ def _sync_metrics(totals: list[_RunTotals]) -> Iterator[Metric]:
     labels = ["resource", "kind"]
     runs = CounterMetricFamily(
         "healthdock_sync_runs",
-        "Finished reconcile passes, by resource, kind (full, upcoming) and outcome "
+        "Finished reconcile passes, by resource, kind (backfill, full, upcoming) and outcome "
         "(success, incomplete, held, failed).",
         labels=[*labels, "outcome"],
     )
@@ -298,7 +299,7 @@ def _sync_metrics(totals: list[_RunTotals]) -> Iterator[Metric]:
     healed = CounterMetricFamily(
         "healthdock_sync_healed",
         "Changes a reconcile found that webhooks had not brought (created, updated, "
-        "tombstoned): the measure of webhook loss.",
+        "tombstoned): the measure of webhook loss. A backfill's initial copy is not counted.",
         labels=["resource", "change"],
     )
     last_success = GaugeMetricFamily(
@@ -319,6 +320,8 @@ def _sync_metrics(totals: list[_RunTotals]) -> Iterator[Metric]:
         sums = summed.setdefault(key, [0, 0, 0, 0])
         for index, value in enumerate((row.pages, row.records, row.requests, row.rate_limited)):
             sums[index] += int(value)
+        if row.kind not in LOSS_KINDS:
+            continue
         for change, value in zip(_SYNC_CHANGES, (row.created, row.updated, row.tombstoned),
                                  strict=True):  # fmt: skip
             healed_by[(row.resource, change)] = healed_by.get((row.resource, change), 0) + value

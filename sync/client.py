@@ -29,7 +29,7 @@ from tenacity import (
 
 from config.errors import MirrorError
 from mirror.events import Resource
-from sync.pacer import Pacer, read_rate_limit, retry_after
+from sync.pacer import Pacer, RateLimit, read_rate_limit, retry_after
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,9 @@ class HealthDockClient:
         )
         self._pacer = Pacer(reserve)
         self._slot_lock = asyncio.Lock()
+        # Set at each answer: what requests waiting for a window's first answer wait on.
+        self._answered = asyncio.Event()
+        self._answered.set()
         self._attempts = attempts
         self._backoff = wait_exponential_jitter(multiplier=0.2, max=max_backoff_seconds)
         self._clock = clock
@@ -187,22 +190,23 @@ class HealthDockClient:
         return float(self._backoff(state))
 
     async def _attempt(self, resource: Resource, params: Mapping[str, str], what: str) -> Page:
-        async with self._slot_lock:
-            delay = self._pacer.reserve_slot(self._clock())
+        delay = await self._slot()
         if delay > 0:
             await self._sleep(delay)
         self.stats.requests += 1
         try:
             response = await self._http.get(f"{resource.value}s", params=params)
-        except httpx.TransportError as error:
-            self._pacer.settle(None)
+        except BaseException as error:
+            self._settle(None)  # cancelled or failed: nobody may wait for this answer
+            if not isinstance(error, httpx.TransportError):
+                raise
             self.stats.errors += 1
             log.warning("%s: %s", what, type(error).__name__)
             raise _Retryable(type(error).__name__) from None
         status = response.status_code
         self.stats.by_status[status] = self.stats.by_status.get(status, 0) + 1
         window = read_rate_limit(response.headers)
-        self._pacer.settle(window)
+        self._settle(window)
         if window is not None:
             self.stats.remaining = window.remaining
             if self._report_budget is not None:
@@ -230,6 +234,23 @@ class HealthDockClient:
         except _Retryable:
             self.stats.errors += 1
             raise
+
+    async def _slot(self) -> float:
+        """Seconds to wait before sending, once the pacer grants a slot: in a window whose
+        budget is unknown, only after the answer to its one probing request."""
+        while True:
+            async with self._slot_lock:
+                delay = self._pacer.reserve_slot(self._clock())
+                if delay is not None:
+                    return delay
+                if self._answered.is_set():
+                    self._answered = asyncio.Event()
+                answered = self._answered
+            await answered.wait()
+
+    def _settle(self, window: RateLimit | None) -> None:
+        self._pacer.settle(window)
+        self._answered.set()
 
 
 def _page(document: Any, key: str) -> Page:

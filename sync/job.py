@@ -4,7 +4,9 @@ It takes the reconcile lease (one reconcile at a time across every process shari
 database), keeps renewing it while passes run, runs one pass per resource, and releases it.
 A holder that could not renew in time (paused, cut off from the database) may have been
 taken over once its lease expired: as soon as it finds that out, it stops its passes and
-leaves them to the new holder, which resumes them from their checkpoints.
+leaves them to the new holder, which resumes them from their checkpoints. Until it finds out
+it can write nothing either: every write of its passes checks the lease's fencing token
+(``sync.runs.Fence``), which the new holder's taking increased.
 """
 
 from __future__ import annotations
@@ -24,24 +26,19 @@ import httpx
 from sqlalchemy import Engine
 
 from config import Settings
-from config.errors import ConfigurationError, MirrorError
+from config.errors import ConfigurationError
 from mirror.database import DatabaseUnavailable, write_transaction
 from mirror.events import Resource
 from sync import runs
 from sync.client import HealthDockClient
 from sync.reconcile import PassOptions, PassResult, Progress, reconcile, refresh
+from sync.runs import Fence
+from sync.runs import LeaseHeld as LeaseHeld
+from sync.runs import LeaseLost as LeaseLost
 
 log = logging.getLogger(__name__)
 
 LEASE = "reconcile"
-
-
-class LeaseHeld(MirrorError):
-    """Another process is reconciling; the message names it."""
-
-
-class LeaseLost(LeaseHeld):
-    """This process's lease lapsed and another process took it: the reconcile stopped."""
 
 
 def holder_name() -> str:
@@ -85,7 +82,7 @@ async def run_reconcile(
     """One pass per resource under the lease; raises LeaseHeld if another process has it."""
     options = pass_options(settings, allow_mass_delete=allow_mass_delete)
     async with (
-        _lease(engine, settings.sync_lease_seconds),
+        _lease(engine, settings.sync_lease_seconds) as fence,
         api_client(settings, transport=transport) as client,
     ):
         results = []
@@ -97,6 +94,7 @@ async def run_reconcile(
                     resource,
                     options,
                     progress=progress(resource) if progress else None,
+                    fence=fence,
                 )
             )
         return results
@@ -112,22 +110,26 @@ async def run_refresh(
     """Refresh the appointments of ``days`` under the lease (no sweep)."""
     filters = [{"date": day.isoformat()} for day in days]
     async with (
-        _lease(engine, settings.sync_lease_seconds),
+        _lease(engine, settings.sync_lease_seconds) as fence,
         api_client(settings, transport=transport) as client,
     ):
-        return await refresh(engine, client, Resource.APPOINTMENT, filters, pass_options(settings))
+        return await refresh(
+            engine, client, Resource.APPOINTMENT, filters, pass_options(settings), fence=fence
+        )
 
 
 @contextlib.asynccontextmanager
-async def _lease(engine: Engine, ttl_seconds: float) -> AsyncIterator[None]:
+async def _lease(engine: Engine, ttl_seconds: float) -> AsyncIterator[Fence]:
     # Unique to this taking of the lease, not just to the process: the scheduler's jobs in one
     # process (full, retry, upcoming) must exclude each other too, and one job's release must
     # never drop a lease another job of the same process still holds.
     holder = f"{holder_name()}:{uuid.uuid4().hex[:8]}"
-    take = functools.partial(runs.acquire_lease, name=LEASE, holder=holder, ttl_seconds=ttl_seconds)
-    if not await asyncio.to_thread(write_transaction, engine, take):
+    take = functools.partial(runs.take_lease, name=LEASE, holder=holder, ttl_seconds=ttl_seconds)
+    fence = await asyncio.to_thread(write_transaction, engine, take)
+    if fence is None:
         current = await _current_holder(engine)
         raise LeaseHeld(f"another reconcile is running ({current or 'unknown holder'})")
+    renew_lease = functools.partial(runs.renew_lease, fence=fence, ttl_seconds=ttl_seconds)
 
     owner = asyncio.current_task()
     assert owner is not None
@@ -140,7 +142,7 @@ async def _lease(engine: Engine, ttl_seconds: float) -> AsyncIterator[None]:
             await asyncio.sleep(ttl_seconds / 3)
             asked_at = time.monotonic()
             try:
-                held = await asyncio.to_thread(write_transaction, engine, take)
+                held = await asyncio.to_thread(write_transaction, engine, renew_lease)
             except DatabaseUnavailable as error:
                 log.warning("could not renew the reconcile lease: %s", error)
                 # Still ours until it lapses; after that another process may have it.
@@ -159,7 +161,11 @@ async def _lease(engine: Engine, ttl_seconds: float) -> AsyncIterator[None]:
 
     renewing = asyncio.create_task(renew(), name="lease-renewal")
     try:
-        yield
+        yield fence
+    except LeaseLost as fenced:
+        # A write found the lease taken over (its fence check failed) before renewal did.
+        log.warning("%s: this reconcile stopped", fenced)
+        raise
     except asyncio.CancelledError:
         # Our own cancellation (the lease is gone) ends the passes as LeaseLost; a shutdown's
         # stays a cancellation.

@@ -49,7 +49,10 @@ class Pacer:
     """Decides when the next request may go.
 
     ``reserve`` is the share of the limit left for other clients (0.2 keeps 20% of every
-    window free). Until a response has told us the window, requests go unpaced.
+    window free). In a window whose budget is unknown (at the start, and once a window has
+    reset) one request goes alone, and the rest wait for its answer's headers: another
+    client may have spent the new window already, and ``concurrency`` requests sent blind
+    could overdraw it.
     """
 
     def __init__(self, reserve: float) -> None:
@@ -61,6 +64,8 @@ class Pacer:
         self._in_flight = 0
         self._next_slot = 0.0
         self._paused_until = 0.0
+        self._probing = False  # the one request of an unknown window is unanswered
+        self._ended_at = float("-inf")  # the reset of the last window known to have ended
 
     def settle(self, window: RateLimit | None) -> None:
         """A request claimed with :meth:`reserve_slot` got its answer (``window``, if it said).
@@ -70,7 +75,12 @@ class Pacer:
         """
         self._in_flight = max(0, self._in_flight - 1)
         if window is None:
+            # Perhaps the probe, failed: another request may try (a lone one again).
+            self._probing = False
             return
+        if window.reset_at <= self._ended_at:
+            return  # a late answer from a window that has ended says nothing about this one
+        self._probing = False
         if _fresher(window, self._window):
             self._window = window
 
@@ -78,30 +88,41 @@ class Pacer:
         """After a 429: send nothing before ``moment``."""
         self._paused_until = max(self._paused_until, moment)
 
-    def reserve_slot(self, now: float) -> float:
-        """Claim the next request slot; return how many seconds to wait before sending."""
+    def reserve_slot(self, now: float) -> float | None:
+        """Claim the next request slot: how many seconds to wait before sending, or None
+        when the window's budget is unknown and its one probing request is unanswered
+        (ask again after the next :meth:`settle`)."""
         start = max(now, self._paused_until, self._next_slot)
         window = self._window
-        if window is None:
-            self._in_flight += 1
-            self._next_slot = start
-            return start - now
-        if start >= window.reset_at:
+        if window is not None and start >= window.reset_at:
             # A new window has begun: its budget is unknown until the next response.
-            self._window = None
-            self._in_flight += 1
-            self._next_slot = start
-            return start - now
+            self._forget(window)
+            window = None
+        if window is None:
+            if self._probing:
+                return None
+            return self._probe(start, now)
         usable = window.remaining - self._in_flight - self._reserve * window.limit
         if usable < 1:
-            # Nothing left that is ours in this window: wait for the next one.
-            start = window.reset_at
-            self._window = None
-            self._next_slot = start
-            return start - now
+            # Nothing left that is ours in this window: probe the next one when it begins.
+            self._forget(window)
+            if self._probing:
+                return None
+            return self._probe(window.reset_at, now)
         interval = (window.reset_at - start) / usable
         self._in_flight += 1
         self._next_slot = start + interval
+        return start - now
+
+    def _forget(self, window: RateLimit) -> None:
+        self._window = None
+        self._ended_at = max(self._ended_at, window.reset_at)
+        self._probing = False
+
+    def _probe(self, start: float, now: float) -> float:
+        self._probing = True
+        self._in_flight += 1
+        self._next_slot = start
         return start - now
 
 

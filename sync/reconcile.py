@@ -19,7 +19,15 @@ pages must not erase a hospital's mirror; an operator releases it with
 ``sync --allow-mass-delete``.
 
 Every change a pass finds (a missed create, update or delete) is written to the event log
-with source ``reconcile``, so the change feed is complete, and counted on the run.
+with source ``reconcile``, so the change feed is complete, and counted on the run. The first
+complete pass over a resource is a backfill (``sync_runs.kind``): what it brings is the
+initial copy, not webhook loss.
+
+**Fencing.** Under the lease, every write of a pass (pages, confirmations, progress, its
+finish) first checks the lease's fence in its own transaction (``sync.runs.Fence``): a holder
+that lost the lease while frozen writes nothing more. **A bug** (an exception that is not one
+of ours) ends the pass ``failed``, recorded with the exception's type only (its text can
+carry data), and it is retried soon like an incomplete one.
 """
 
 from __future__ import annotations
@@ -27,16 +35,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import traceback
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, Select, and_, case, func, literal, null, or_, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.expression import ColumnElement
 
+from config.errors import MirrorError
 from mirror.database import read_transaction, write_transaction
 from mirror.eventlog import Outcome, reconcile_event, store_events
 from mirror.events import PayloadError, RecordWrite, Resource, record_write
@@ -48,6 +58,8 @@ from sync import runs
 from sync.client import HealthDockClient, UpstreamError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # A record without updated_at or created_at can only fill a gap, never overwrite an event.
 _NO_VERSION = "0001-01-01T00:00:00Z"
@@ -92,26 +104,32 @@ async def reconcile(
     options: PassOptions,
     *,
     progress: Progress | None = None,
+    fence: runs.Fence | None = None,
 ) -> PassResult:
-    """One pass over ``resource``; the caller holds the reconcile lease.
+    """One pass over ``resource``; the caller holds the reconcile lease, whose ``fence`` every
+    write checks (None: the caller alone writes, as in a test).
 
-    A pass that HealthDock cuts short ends ``incomplete`` (and sweeps nothing). One that is
-    interrupted otherwise (cancelled, the database away, the process killed) stays
-    ``running`` with its checkpoint, and the next pass over the resource resumes it.
+    A pass that HealthDock cuts short ends ``incomplete`` (and sweeps nothing); one that a
+    bug ends, ``failed``. One that is interrupted otherwise (cancelled, the database away,
+    the process killed) stays ``running`` with its checkpoint, and the next pass over the
+    resource resumes it. A lost lease raises ``LeaseLost`` and writes nothing more.
     """
-    run = await asyncio.to_thread(
-        write_transaction, engine, lambda c: runs.start_or_resume(c, resource.value, RunKind.FULL)
-    )
+    write = _Writer(engine, fence)
+    run = await write(functools.partial(runs.start_whole_pass, resource=resource.value))
     result = PassResult(run.id, resource.value)
     requests_before = client.stats.requests
     limited_before = client.stats.rate_limited
     errors_before = client.stats.errors
     try:
-        await _mark(engine, client, resource, options, run, result, progress)
-        await _sweep(engine, client, resource, options, run, result)
+        await _mark(write, client, resource, options, run, result, progress)
+        await _sweep(write, client, resource, options, run, result)
     except UpstreamError as error:
         result.outcome, result.error = RunOutcome.INCOMPLETE, str(error)
         log.warning("%s pass %d incomplete: %s", resource.value, run.id, error)
+    except MirrorError:
+        raise  # ours, not a bug: a lost lease, the database away (the pass resumes)
+    except Exception as error:
+        _failed(result, error)
     if result.outcome == RunOutcome.RUNNING:
         result.outcome = RunOutcome.SUCCESS
     counts = {
@@ -119,14 +137,54 @@ async def reconcile(
         "rate_limited": client.stats.rate_limited - limited_before,
         "errors": client.stats.errors - errors_before,
     }
-    await _finish(engine, result, counts)
+    await _finish(write, result, counts)
     return result
 
 
-async def _finish(engine: Engine, result: PassResult, counts: dict[str, int]) -> None:
+def _failed(result: PassResult, error: Exception) -> None:
+    """A bug ended the pass: record it ``failed`` with the error's type, and where it was
+    raised, never its text (it can carry a record's data)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else ""
+    result.outcome, result.error = RunOutcome.FAILED, type(error).__name__
+    log.error(
+        "%s pass %d failed: %s%s (a bug; retried soon)",
+        result.resource, result.run_id, result.error, where,
+    )  # fmt: skip
+
+
+class _Writer:
+    """Runs a pass's writes, each in its own transaction in a thread, each checking the
+    lease's fence first (see ``sync.runs.Fence``)."""
+
+    def __init__(self, engine: Engine, fence: runs.Fence | None) -> None:
+        self.engine = engine
+        self._fence = fence
+        self._run_id: int | None = None
+
+    def _fenced(self, work: Callable[[Connection], T], connection: Connection) -> T:
+        if self._fence is None:
+            return work(connection)
+        self._fence.check(connection)
+        done = work(connection)
+        if isinstance(done, runs.Run):
+            self._run_id = done.id
+        if self._run_id is not None:
+            runs.stamp_lease_token(connection, self._run_id, self._fence.token)
+        return done
+
+    def now(self, work: Callable[[Connection], T]) -> T:
+        """The write, in the calling thread."""
+        return write_transaction(self.engine, functools.partial(self._fenced, work))
+
+    async def __call__(self, work: Callable[[Connection], T]) -> T:
+        return await asyncio.to_thread(self.now, work)
+
+
+async def _finish(write: _Writer, result: PassResult, counts: dict[str, int]) -> None:
     finish = functools.partial(runs.finish, run_id=result.run_id, outcome=result.outcome,
                                counts=counts, error=result.error)  # fmt: skip
-    await asyncio.to_thread(write_transaction, engine, finish)
+    await write(finish)
 
 
 async def refresh(
@@ -135,6 +193,8 @@ async def refresh(
     resource: Resource,
     filters: Sequence[dict[str, str]],
     options: PassOptions,
+    *,
+    fence: runs.Fence | None = None,
 ) -> PassResult:
     """Apply what HealthDock lists under each filter (say, one day's appointments).
 
@@ -143,7 +203,8 @@ async def refresh(
     """
     start = functools.partial(runs.start_or_resume, resource=resource.value, kind=RunKind.UPCOMING,
                               resume=False)  # fmt: skip
-    run = await asyncio.to_thread(write_transaction, engine, start)
+    write = _Writer(engine, fence)
+    run = await write(start)
     result = PassResult(run.id, resource.value)
     try:
         for filter_set in filters:
@@ -155,18 +216,22 @@ async def refresh(
                     _apply_page, resource=resource, run=run, records=page.records,
                     checkpoint=0, mark=False,
                 )  # fmt: skip
-                counts = await asyncio.to_thread(write_transaction, engine, apply)
+                counts = await write(apply)
                 _count(result, counts, len(page.records))
                 number += 1
         result.outcome = RunOutcome.SUCCESS
     except UpstreamError as error:
         result.outcome, result.error = RunOutcome.INCOMPLETE, str(error)
-    await _finish(engine, result, {})
+    except MirrorError:
+        raise
+    except Exception as error:
+        _failed(result, error)
+    await _finish(write, result, {})
     return result
 
 
 async def _mark(
-    engine: Engine,
+    write_pass: _Writer,
     client: HealthDockClient,
     resource: Resource,
     options: PassOptions,
@@ -215,7 +280,7 @@ async def _mark(
         # A transaction in its thread cannot be stopped half way. When the pass is cancelled
         # meanwhile (a fetch gave up, or the caller stopped it), wait for it to commit or roll
         # back and count what it wrote: nothing of a pass may be written after it ended.
-        writing = asyncio.ensure_future(asyncio.to_thread(write_transaction, engine, apply))
+        writing = asyncio.ensure_future(write_pass(apply))
         try:
             await asyncio.shield(writing)
         finally:
@@ -339,7 +404,7 @@ def _count(result: PassResult, counts: dict[str, int], records: int, pages: int 
 
 
 async def _sweep(
-    engine: Engine,
+    write: _Writer,
     client: HealthDockClient,
     resource: Resource,
     options: PassOptions,
@@ -347,12 +412,13 @@ async def _sweep(
     result: PassResult,
 ) -> None:
     count = functools.partial(_count_candidates, resource=resource, run=run)
+    engine = write.engine
     candidates, live = await asyncio.to_thread(read_transaction, engine, count)
     result.candidates = candidates
     record = functools.partial(
         runs.record_progress, run_id=run.id, counts={"candidates": candidates}
     )
-    await asyncio.to_thread(write_transaction, engine, record)
+    await write(record)
     limit = max(options.mass_delete_floor, int(options.mass_delete_share * live))
     if candidates > limit and not options.allow_mass_delete:
         result.outcome = RunOutcome.HELD
@@ -383,12 +449,12 @@ async def _sweep(
                 confirming = [tasks.create_task(confirmer.confirm(c)) for c in chunk]
         except BaseExceptionGroup as group:
             raise _first_leaf(group) from None
-        writes = [write for task in confirming if (write := task.result()) is not None]
+        writes = [found for task in confirming if (found := task.result()) is not None]
         kept += len(chunk) - len(writes)
         if not writes:
             continue
         apply = functools.partial(_apply_confirmations, run=run, writes=writes)
-        counts = await asyncio.to_thread(write_transaction, engine, apply)
+        counts = await write(apply)
         _count(result, counts, 0, pages=0)
     if kept:
         log.info(
@@ -496,14 +562,14 @@ def _count_candidates(connection: Connection, resource: Resource, run: runs.Run)
 
 
 def _previous_complete_pass(connection: Connection, run: runs.Run) -> runs.Run | None:
-    """The last full pass over the resource before ``run`` that listed every page (a held
-    pass did: only its sweep waits)."""
+    """The last pass over the whole resource (full or backfill) before ``run`` that listed
+    every page (a held pass did: only its sweep waits)."""
     row = connection.execute(
         select(sync_runs.c.id, sync_runs.c.started_at)
         .where(
             sync_runs.c.resource == run.resource,
-            sync_runs.c.kind == RunKind.FULL,
-            sync_runs.c.outcome.in_((RunOutcome.SUCCESS, RunOutcome.HELD)),
+            sync_runs.c.kind.in_((RunKind.BACKFILL, RunKind.FULL)),
+            sync_runs.c.outcome.in_(runs.COMPLETE),
             sync_runs.c.id < run.id,
         )
         .order_by(sync_runs.c.id.desc())

@@ -33,7 +33,7 @@ from mirror.events import parse_event
 from mirror.ingest import ingest
 from mirror.migrate import upgrade
 from mirror.schema import sync_runs
-from mirror.states import RunOutcome
+from mirror.states import RunKind, RunOutcome
 from sync import runs
 from tests.factories import (
     PATIENT_ABHA,
@@ -72,10 +72,10 @@ def record_run(
     """A finished reconcile pass (or, with no outcome, one still running)."""
 
     def work(connection: Any) -> int:
-        run = runs.start_or_resume(connection, resource, kind)
+        run = runs.start_or_resume(connection, resource, RunKind(kind))
         runs.record_progress(connection, run.id, counts, checkpoint=counts.get("pages"))
         if outcome is not None:
-            runs.finish(connection, run.id, outcome, {}, error)
+            runs.finish(connection, run.id, RunOutcome(outcome), {}, error)
         return run.id
 
     return write_transaction(engine, work)
@@ -424,3 +424,12 @@ def test_last_day_counts_exactly_the_events_of_the_last_day(
     webhook_ages = [age for source, *_, age in events if source == WEBHOOK]
     expected_last = now - timedelta(seconds=min(webhook_ages)) if webhook_ages else None
     assert status.last_webhook_at == expected_last
+
+
+def test_a_backfill_is_not_counted_as_webhook_loss(engine: Engine) -> None:
+    """The first complete pass brings the initial copy: only later passes' heals are loss."""
+    record_run(engine, "patient", "backfill", RunOutcome.SUCCESS, {"pages": 20, "created": 1990})
+    record_run(engine, "patient", "full", RunOutcome.SUCCESS, {"pages": 20, "created": 4,
+                                                               "updated": 2})  # fmt: skip
+    healed = gather_status(engine).healed
+    assert (healed.created, healed.updated, healed.tombstoned) == (4, 2, 0)

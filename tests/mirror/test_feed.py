@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, select, text, update
+from sqlalchemy.exc import IntegrityError
 
 from mirror.database import create_mirror_engine, write_transaction
 from mirror.eventlog import APPLIED, RECONCILE, WEBHOOK, IncomingEvent, Outcome, store_events
@@ -275,3 +276,35 @@ def _store_old_style(connection: object) -> list[int]:
         )
         seqs.append(row.scalar_one())
     return seqs
+
+
+def test_an_event_written_without_a_txid_is_fed(postgres_url: str) -> None:
+    """A receiver older than the feed, still running during an upgrade, names no txid: the
+    column's default gives its events one, where they used to be never fed."""
+    engine = create_mirror_engine(postgres_url, timeout_seconds=2.0)
+    upgrade(engine)
+    try:
+        [before] = write(engine, ["patient.updated"])
+        old = write_transaction(engine, lambda c: _store_old_style(c))
+        [after] = write(engine, ["patient.updated"])
+        seen, _ = read_until(engine, "0", 4)
+        assert sorted(seen) == sorted([before, *old, after])
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("status", "'done'"), ("source", "'api'"), ("effect", "'merged'")],
+)
+def test_the_database_refuses_a_state_the_code_does_not_know(
+    engine: Engine, column: str, value: str
+) -> None:
+    values = {"status": "'applied'", "source": "'webhook'", "effect": "NULL", column: value}
+    insert = text(
+        "INSERT INTO webhook_events (source, dedup_key, event_type, event_timestamp, status, "
+        f"effect, attempts, received_at, headers) VALUES ({values['source']}, 'k', 'x', '', "
+        f"{values['status']}, {values['effect']}, 1, CURRENT_TIMESTAMP, '[]')"
+    )
+    with pytest.raises(IntegrityError), engine.begin() as connection:
+        connection.execute(insert)

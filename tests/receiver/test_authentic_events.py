@@ -79,7 +79,8 @@ def test_a_stored_failure_is_applied_by_replay_once_the_parser_is_fixed(
     monkeypatch.setattr(mirror.events, "parse_instant", tolerant)
     summary = replay(engine, Selection(statuses=("failed",)))
     assert summary.failed == 0
-    [row] = stored(engine)
+    row, fed = stored(engine)  # the change the replay made is in the log (and the feed) too
+    assert (fed.source, fed.record_id, fed.effect) == ("replay", "PAT1", "created")
     assert (row.status, row.effect, row.error) == ("applied", "created", None)
     # The row now says what the event is, for filters and the record's timeline.
     assert (row.resource, row.record_id, row.event_type) == ("patient", "PAT1", "patient.updated")

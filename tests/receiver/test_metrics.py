@@ -24,7 +24,7 @@ from mirror.database import create_mirror_engine, write_transaction
 from mirror.events import Resource
 from mirror.migrate import upgrade
 from mirror.schema import sync_runs
-from mirror.states import RunOutcome
+from mirror.states import RunKind, RunOutcome
 from receiver import create_app
 from receiver.metrics import Metrics
 from sync import runs
@@ -167,9 +167,9 @@ def test_sync_metrics_are_read_from_the_database(database_url: str, engine: Engi
 
     # Another pass cut short by 429s, and one that is still running.
     def incomplete(connection: Connection) -> None:
-        run = runs.start_or_resume(connection, "patient", "upcoming", resume=False)
+        run = runs.start_or_resume(connection, "patient", RunKind.UPCOMING, resume=False)
         runs.finish(connection, run.id, RunOutcome.INCOMPLETE, {"pages": 2, "rate_limited": 3})
-        runs.start_or_resume(connection, "appointment", "upcoming", resume=False)
+        runs.start_or_resume(connection, "appointment", RunKind.UPCOMING, resume=False)
 
     write_transaction(engine, incomplete)
     patients = sum(1 for _ in fake.patients())
@@ -190,38 +190,36 @@ def test_sync_metrics_are_read_from_the_database(database_url: str, engine: Engi
 
     totals = _run_totals(engine)
     assert series(samples, "healthdock_sync_runs_total") == {
-        frozenset({("resource", "patient"), ("kind", "full"), ("outcome", "success")}): 1,
-        frozenset({("resource", "appointment"), ("kind", "full"), ("outcome", "success")}): 1,
+        frozenset({("resource", "patient"), ("kind", "backfill"), ("outcome", "success")}): 1,
+        frozenset({("resource", "appointment"), ("kind", "backfill"), ("outcome", "success")}): 1,
         frozenset({("resource", "patient"), ("kind", "upcoming"), ("outcome", "incomplete")}): 1,
     }
     assert series(samples, "healthdock_sync_runs_running") == {
         frozenset({("resource", "appointment"), ("kind", "upcoming")}): 1
     }
-    # The first pass into an empty mirror healed every record: all were "missed" webhooks.
-    assert value(samples, "healthdock_sync_healed_total", resource="patient", change="created") == (
-        patients
-    )
-    assert value(
-        samples, "healthdock_sync_healed_total", resource="appointment", change="created"
-    ) == (appointments)
-    assert value(samples, "healthdock_sync_pages_total", resource="patient", kind="full") == 3
+    # The first pass into an empty mirror is a backfill: its initial copy (every record) is
+    # not webhook loss.
+    assert totals[("patient", "backfill", "success")][3] == patients
+    assert totals[("appointment", "backfill", "success")][3] == appointments
+    assert set(series(samples, "healthdock_sync_healed_total").values()) == {0}
+    assert value(samples, "healthdock_sync_pages_total", resource="patient", kind="backfill") == 3
     assert value(samples, "healthdock_sync_pages_total", resource="patient", kind="upcoming") == 2
     for resource in ("patient", "appointment"):
-        _, pages, requests, _ = totals[(resource, "full", "success")]
-        assert value(samples, "healthdock_sync_pages_total", resource=resource, kind="full") == (
-            pages
-        )
-        assert value(samples, "healthdock_sync_requests_total", resource=resource, kind="full") == (
-            requests
-        )
+        _, pages, requests, _ = totals[(resource, "backfill", "success")]
+        assert value(
+            samples, "healthdock_sync_pages_total", resource=resource, kind="backfill"
+        ) == (pages)
+        assert value(
+            samples, "healthdock_sync_requests_total", resource=resource, kind="backfill"
+        ) == (requests)
         assert value(
             samples, "healthdock_sync_last_success_timestamp_seconds", resource=resource,
-            kind="full",
+            kind="backfill",
         ) == pytest.approx(time.time(), abs=3600)  # fmt: skip
     assert value(samples, "healthdock_sync_rate_limited_total", resource="patient",
                  kind="upcoming") == 3  # fmt: skip
     assert value(samples, "healthdock_sync_rate_limited_total", resource="patient",
-                 kind="full") == 0  # fmt: skip
+                 kind="backfill") == 0  # fmt: skip
     # The receiver saw no HealthDock answer itself: no rate budget to report.
     assert series(samples, "healthdock_sync_rate_budget_remaining") == {}
 

@@ -9,9 +9,42 @@ from hypothesis import strategies as st
 from sync.pacer import Pacer, RateLimit, read_rate_limit, retry_after
 
 
-def test_unpaced_until_a_window_is_known() -> None:
+def test_one_request_alone_until_a_window_is_known() -> None:
+    """Before any answer the budget is unknown: one request goes, the rest wait for its
+    headers (None: ask again after the next answer), then are paced."""
     pacer = Pacer(reserve=0.2)
-    assert [pacer.reserve_slot(now=100.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert [pacer.reserve_slot(now=100.0) for _ in range(3)] == [0.0, None, None]
+    pacer.settle(RateLimit(limit=100, remaining=99, reset_at=160.0))
+    assert pacer.reserve_slot(now=100.1) == 0.0
+    assert pacer.reserve_slot(now=100.1) == pytest.approx(0.75, rel=0.05)
+
+
+def test_one_request_alone_again_after_a_window_resets() -> None:
+    pacer = Pacer(reserve=0.0)
+    pacer.settle(RateLimit(limit=100, remaining=50, reset_at=110.0))
+    assert pacer.reserve_slot(now=105.0) == 0.0  # in the known window
+    assert pacer.reserve_slot(now=120.0) == 0.0  # the window reset: this one probes
+    assert pacer.reserve_slot(now=120.0) is None
+    # A late answer from the window that ended says nothing about the new one.
+    pacer.settle(RateLimit(limit=100, remaining=40, reset_at=110.0))
+    assert pacer.reserve_slot(now=120.0) is None
+    pacer.settle(RateLimit(limit=100, remaining=99, reset_at=180.0))
+    assert pacer.reserve_slot(now=120.1) == 0.0
+
+
+def test_a_failed_probe_lets_another_request_probe() -> None:
+    pacer = Pacer(reserve=0.0)
+    assert pacer.reserve_slot(now=100.0) == 0.0
+    pacer.settle(None)  # no headers (a connection error, say)
+    assert pacer.reserve_slot(now=100.0) == 0.0
+    assert pacer.reserve_slot(now=100.0) is None
+
+
+def test_a_spent_window_is_probed_by_one_request_when_the_next_begins() -> None:
+    pacer = Pacer(reserve=0.2)
+    pacer.settle(RateLimit(limit=100, remaining=20, reset_at=130.0))
+    assert pacer.reserve_slot(now=100.0) == pytest.approx(30.0)
+    assert pacer.reserve_slot(now=100.0) is None
 
 
 def test_budget_is_spread_evenly_over_the_window() -> None:
@@ -36,7 +69,8 @@ def test_requests_in_flight_count_against_the_budget() -> None:
     pacer.settle(RateLimit(limit=100, remaining=30, reset_at=200.0))
     # 30 left, 20 of them reserved: ten may go before any of them is answered...
     waits = [pacer.reserve_slot(now=100.0) for _ in range(10)]
-    assert max(waits) < 100.0
+    assert None not in waits
+    assert max(wait or 0.0 for wait in waits) < 100.0
     # ...and the eleventh waits for the next window.
     assert pacer.reserve_slot(now=100.0) == pytest.approx(100.0)
 
@@ -83,7 +117,9 @@ def test_simulated_fixed_window_server_never_answers_429(
     window_start, used = now, 0
     per_window: dict[float, int] = {}
     for _ in range(requests):
-        now += pacer.reserve_slot(now)
+        delay = pacer.reserve_slot(now)
+        assert delay is not None, "every answer was settled: the budget is known"
+        now += delay
         while now >= window_start + window:
             window_start, used = window_start + window, 0
         used += 1
