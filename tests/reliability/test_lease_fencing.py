@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import os
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from sqlalchemy import Engine, select
@@ -28,8 +26,8 @@ from mirror.database import create_mirror_engine
 from mirror.migrate import upgrade
 from mirror.schema import leases, sync_runs
 from tests.support.services import worker
+from tests.support.waiting import wait_for
 
-T = TypeVar("T")
 API_KEY = "fencing-key"
 LEASE_SECONDS = 2
 
@@ -40,14 +38,6 @@ def engine(database_url: str) -> Iterator[Engine]:
     upgrade(migrated)
     yield migrated
     migrated.dispose()
-
-
-def wait_for(probe: Callable[[], T | None], what: str, seconds: float = 60.0) -> T:
-    deadline = time.monotonic() + seconds
-    while (found := probe()) is None:
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
-    return found
 
 
 def _log_run_writes(engine: Engine) -> None:

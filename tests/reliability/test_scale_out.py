@@ -13,12 +13,11 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import msgspec
@@ -33,8 +32,7 @@ from mirror.schema import appointments, leases, patients, sync_runs, webhook_eve
 from tests.factories import event, patient
 from tests.support.load import Load, new_patients
 from tests.support.services import Service, serve, worker
-
-T = TypeVar("T")
+from tests.support.waiting import wait_for
 
 SENDERS = 8
 EVENTS = 1200
@@ -48,15 +46,6 @@ def engine(postgres_url: str) -> Iterator[Engine]:
     upgrade(migrated)
     yield migrated
     migrated.dispose()
-
-
-def wait_for(probe: Callable[[], T | None], what: str, seconds: float = 60.0) -> T:
-    """``probe()`` once it is not None, polled until ``seconds`` have passed."""
-    deadline = time.monotonic() + seconds
-    while (found := probe()) is None:
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
-    return found
 
 
 # --- two receivers --------------------------------------------------------------------------
