@@ -1,6 +1,19 @@
-"""Settings for every entry point, read once from ``HEALTHDOCK_*`` variables and ``.env``."""
+"""Settings for every entry point, read once from ``HEALTHDOCK_*`` variables and ``.env``;
+the project's error root; and its logging set-up.
+
+What is named here is its public surface (pinned by tests/test_layering.py).
+"""
 
 from config.errors import ConfigurationError, MirrorError
+from config.logs import LogOptions, configure_logging
 from config.settings import Settings, SettingsError, load_settings
 
-__all__ = ["ConfigurationError", "MirrorError", "Settings", "SettingsError", "load_settings"]
+__all__ = [
+    "ConfigurationError",
+    "LogOptions",
+    "MirrorError",
+    "Settings",
+    "SettingsError",
+    "configure_logging",
+    "load_settings",
+]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
@@ -34,11 +35,21 @@ _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, No
 }
 
 
-def configure_logging(level: str, log_format: str, *, secrets: Iterable[str] = ()) -> None:
-    """Log to stderr at ``level`` (DEBUG, INFO, WARNING, ERROR) as ``text`` or ``json``;
-    any of ``secrets`` that shows up in a line is masked."""
+@dataclass(frozen=True, slots=True)
+class LogOptions:
+    """How a process of the service logs. One value for every process: the committer child
+    cannot inherit its parent's set-up, so the receiver hands it this (``Settings.log_options``)."""
+
+    level: str = "INFO"  # DEBUG, INFO, WARNING, ERROR
+    format: str = "text"  # text or json
+    secrets: tuple[str, ...] = ()  # masked should one show up in a line
+
+
+def configure_logging(options: LogOptions) -> None:
+    """Log to stderr at the options' level and in their format, their secrets masked."""
+    level, secrets = options.level, options.secrets
     handler = logging.StreamHandler()
-    if log_format == "json":
+    if options.format == "json":
         # One object a line: timestamp (UTC, ISO 8601), level, logger, message, then any extras.
         handler.setFormatter(
             JsonFormatter(

@@ -11,6 +11,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from config.errors import ConfigurationError
+from config.logs import LogOptions
 
 DEFAULT_DATABASE_URL = "sqlite:///healthdock-mirror.db"
 _KNOWN_DRIVERS = ("sqlite", "postgresql")
@@ -135,6 +136,11 @@ class Settings(BaseSettings):
         values = [s.get_secret_value().strip() for s in secrets if s is not None]
         values.append(make_url(self.database_url).password or "")
         return tuple(value for value in values if value)
+
+    @property
+    def log_options(self) -> LogOptions:
+        """How every process of the service logs, with every secret masked."""
+        return LogOptions(self.log_level, self.log_format, self.secret_values)
 
     @property
     def database_url_shown(self) -> str:

@@ -15,16 +15,17 @@ from typing import Any
 import click
 from sqlalchemy import Engine
 
-from config import ConfigurationError, Settings, SettingsError, load_settings
-from config.logs import configure_logging
-from mirror.database import DatabaseUnavailable, create_mirror_engine, sqlite_file
-from mirror.events import Resource
-from mirror.migrate import (
+from config import ConfigurationError, Settings, SettingsError, configure_logging, load_settings
+from mirror import (
+    DatabaseUnavailable,
+    Resource,
     SchemaNotCurrent,
+    create_mirror_engine,
     current_revision,
     head_revision,
     prepare_for_writing,
     require_current,
+    sqlite_file,
     upgrade,
 )
 
@@ -37,7 +38,7 @@ def _settings(**overrides: Any) -> Settings:
 
 
 def _configure_logging(settings: Settings) -> None:
-    configure_logging(settings.log_level, settings.log_format, secrets=settings.secret_values)
+    configure_logging(settings.log_options)
 
 
 @click.group()
@@ -68,9 +69,8 @@ def migrate() -> None:
 @click.option("--scheduler/--no-scheduler", default=True, help="Also run the reconcile jobs.")
 def serve(host: str | None, port: int | None, access_log: bool, scheduler: bool) -> None:
     """Run the webhook receiver (and the reconcile scheduler, unless told not to)."""
-    from receiver import create_app
-    from receiver.metrics import Metrics
-    from receiver.server import serve as serve_receiver
+    from receiver import Metrics, create_app
+    from receiver import serve as serve_receiver
 
     settings = _settings(host=host, port=port)
     _configure_logging(settings)
@@ -82,7 +82,7 @@ def serve(host: str | None, port: int | None, access_log: bool, scheduler: bool)
             "HEALTHDOCK_API_KEY is not set: serving without the reconcile scheduler"
         )
     elif scheduler:
-        from sync.schedule import running_scheduler
+        from sync import running_scheduler
 
         # The scheduler's reconciles report HealthDock's rate budget to the receiver's metrics.
         services.append(
@@ -109,7 +109,7 @@ def worker() -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        from sync.schedule import running_scheduler
+        from sync import running_scheduler
 
         async with running_scheduler(settings, engine):
             await stop.wait()
@@ -172,8 +172,8 @@ def sync(resource: str | None, allow_mass_delete: bool) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from mirror.states import RunOutcome
-    from sync.job import LeaseHeld, run_reconcile
+    from mirror import RunOutcome
+    from sync import LeaseHeld, run_reconcile
 
     settings = _settings()
     _configure_logging(settings)
@@ -346,8 +346,8 @@ def replay(
     from rich.console import Console
     from rich.table import Table
 
-    from mirror.replay import ReplayedEvent, Selection, SelectionError
-    from mirror.replay import replay as replay_events
+    from mirror import ReplayedEvent, Selection, SelectionError
+    from mirror import replay as replay_events
 
     settings = _settings()
     _configure_logging(settings)
@@ -400,7 +400,7 @@ def replay(
 @main.command()
 def prune() -> None:
     """Remove the raw payloads of applied events older than HEALTHDOCK_EVENT_RETENTION_DAYS."""
-    from mirror.retention import prune_event_payloads
+    from mirror import prune_event_payloads
 
     settings = _settings()
     _configure_logging(settings)

@@ -12,12 +12,19 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from pydantic import SecretStr
-from sqlalchemy import Engine, case, func, select
+from sqlalchemy import Engine
+from sqlalchemy.engine import Connection
 
 from config import Settings
-from mirror.database import DatabaseUnavailable, read_transaction
-from mirror.schema import appointments, patients, sync_runs, webhook_events
-from mirror.states import LOSS_KINDS
+from mirror import (
+    DatabaseUnavailable,
+    EventSource,
+    Resource,
+    event_count,
+    read_transaction,
+    record_counts,
+    runs,
+)
 
 log = logging.getLogger("healthdock_mirror.demo")
 
@@ -83,31 +90,23 @@ async def status_printer(engine: Engine) -> AsyncIterator[None]:
             await task
 
 
-def _status_line(connection: Any) -> str:
-    def count(table: Any, *where: Any) -> int:
-        return int(
-            connection.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
-        )
-
-    webhooks = count(webhook_events, webhook_events.c.source == "webhook")
+def _status_line(connection: Connection) -> str:
+    patients = record_counts(connection, Resource.PATIENT)
+    appointments = record_counts(connection, Resource.APPOINTMENT)
+    webhooks = event_count(connection, EventSource.WEBHOOK)
     # Every run is counted; what they healed leaves out a backfill's initial copy (not loss).
-    loss = sync_runs.c.kind.in_(LOSS_KINDS)
-    healed = connection.execute(
-        select(*(func.sum(case((loss, column), else_=0)) for column in (
-            sync_runs.c.created, sync_runs.c.updated, sync_runs.c.tombstoned)), func.count())
-    ).one()  # fmt: skip
+    healed = runs.healed(connection)
     return (
-        f"mirror: {count(patients, patients.c.deleted_at.is_(None))} patients, "
-        f"{count(appointments, appointments.c.deleted_at.is_(None))} appointments | "
-        f"webhooks stored: {webhooks} | reconcile runs: {healed[3]}, healed "
-        f"{healed[0] or 0} missed creates, {healed[1] or 0} updates, {healed[2] or 0} deletes"
+        f"mirror: {patients.live} patients, {appointments.live} appointments | "
+        f"webhooks stored: {webhooks} | reconcile runs: {runs.run_count(connection)}, healed "
+        f"{healed.created} missed creates, {healed.updated} updates, {healed.tombstoned} deletes"
     )
 
 
 def demo_services(settings: Settings) -> list[Any]:
     """The demo's lifespan service for the receiver: the fake first (its URL is known only
     once it listens), then the scheduler reading from it, then the status line."""
-    from sync.schedule import running_scheduler
+    from sync import running_scheduler
 
     @contextlib.asynccontextmanager
     async def demo(engine: Engine) -> AsyncIterator[None]:

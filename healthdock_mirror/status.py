@@ -15,75 +15,35 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
 
-from mirror.database import read_transaction
-from mirror.schema import appointments, patients, sync_runs, webhook_events
-from mirror.states import LOSS_KINDS, UNSETTLED, EventSource, EventStatus
+from mirror import (
+    EventSource,
+    EventStatus,
+    RecordCounts,
+    Resource,
+    UnsettledEvent,
+    event_count,
+    event_counts,
+    last_received,
+    oldest_unsettled,
+    read_transaction,
+    record_counts,
+    runs,
+    unsettled_counts,
+)
 
 WINDOW = timedelta(days=1)
 """The recent past that event counts and healed totals cover."""
 
+# The order status shows them in: the usual first.
 _EVENT_STATUSES = (
     EventStatus.APPLIED,
     EventStatus.IGNORED,
     EventStatus.FAILED,
     EventStatus.PENDING,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class RecordCounts:
-    live: int
-    deleted: int
-
-
-@dataclass(frozen=True, slots=True)
-class RunSummary:
-    """One reconcile pass (a ``sync_runs`` row)."""
-
-    id: int
-    resource: str
-    kind: str
-    outcome: str
-    started_at: datetime
-    finished_at: datetime | None
-    duration_seconds: float | None  # None while the pass is running
-    pages: int
-    records: int
-    created: int
-    updated: int
-    tombstoned: int
-    candidates: int
-    rate_limited: int
-    errors: int
-    error: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Healed:
-    """What the passes started in the window changed: each is a change webhooks did not bring."""
-
-    runs: int
-    created: int
-    updated: int
-    tombstoned: int
-    rate_limited: int
-
-
-@dataclass(frozen=True, slots=True)
-class UnappliedEvent:
-    """An event waiting for an operator (pending or failed); its payload is never shown."""
-
-    seq: int
-    source: str
-    event_type: str
-    status: str
-    received_at: datetime
-    age_seconds: float
-    attempts: int
-    error: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,17 +57,23 @@ class MirrorStatus:
     events_by_status: dict[str, int]  # received in the window
     events_by_type: dict[str, int]
     events_by_source: dict[str, int]
-    healed: Healed  # passes started in the window
+    healed: runs.Healed  # passes started in the window
     unapplied: dict[str, int]  # pending and failed, whenever received
-    oldest_unapplied: UnappliedEvent | None
+    oldest_unapplied: UnsettledEvent | None  # its payload is never shown
     last_webhook_at: datetime | None
-    runs: list[RunSummary]  # the latest first
+    runs: list[runs.RunSummary]  # the latest first
 
     @property
     def seconds_since_last_webhook(self) -> float | None:
         if self.last_webhook_at is None:
             return None
         return _seconds(self.generated_at - self.last_webhook_at)
+
+    @property
+    def oldest_unapplied_age_seconds(self) -> float | None:
+        if self.oldest_unapplied is None:
+            return None
+        return _seconds(self.generated_at - self.oldest_unapplied.received_at)
 
 
 def gather_status(engine: Engine, *, runs: int = 10, now: datetime | None = None) -> MirrorStatus:
@@ -116,153 +82,25 @@ def gather_status(engine: Engine, *, runs: int = 10, now: datetime | None = None
     return read_transaction(engine, lambda connection: _gather(connection, runs, moment))
 
 
-def _gather(connection: Connection, runs: int, now: datetime) -> MirrorStatus:
+def _gather(connection: Connection, run_count: int, now: datetime) -> MirrorStatus:
     window_start = now - WINDOW
-    by_status = dict.fromkeys(map(str, _EVENT_STATUSES), 0)
-    by_source = dict.fromkeys(map(str, EventSource), 0)
-    by_type: dict[str, int] = {}
-    recent = connection.execute(
-        select(
-            webhook_events.c.source,
-            webhook_events.c.status,
-            webhook_events.c.event_type,
-            func.count(),
-        )
-        .where(webhook_events.c.received_at >= window_start)
-        .group_by(webhook_events.c.source, webhook_events.c.status, webhook_events.c.event_type)
-    )
-    for source, status, event_type, count in recent:
-        by_status[status] = by_status.get(status, 0) + count
-        by_source[source] = by_source.get(source, 0) + count
-        by_type[event_type] = by_type.get(event_type, 0) + count
-    unapplied = dict.fromkeys(map(str, UNSETTLED), 0)
-    unapplied_rows = connection.execute(
-        select(webhook_events.c.status, func.count())
-        .where(webhook_events.c.status.in_(UNSETTLED))
-        .group_by(webhook_events.c.status)
-    )
-    for status, count in unapplied_rows:
-        unapplied[status] = count
+    recent = event_counts(connection, window_start)
     return MirrorStatus(
         generated_at=now,
         window_start=window_start,
-        patients=_record_counts(connection, patients),
-        appointments=_record_counts(connection, appointments),
-        webhook_events=_count(connection, webhook_events),
-        sync_runs=_count(connection, sync_runs),
-        events_by_status=by_status,
-        events_by_type=dict(sorted(by_type.items())),
-        events_by_source=by_source,
-        healed=_healed(connection, window_start),
-        unapplied=unapplied,
-        oldest_unapplied=_oldest_unapplied(connection, now),
-        last_webhook_at=_last_webhook_at(connection),
-        runs=_latest_runs(connection, runs),
+        patients=record_counts(connection, Resource.PATIENT),
+        appointments=record_counts(connection, Resource.APPOINTMENT),
+        webhook_events=event_count(connection),
+        sync_runs=runs.run_count(connection),
+        events_by_status={status: recent.by_status[status] for status in _EVENT_STATUSES},
+        events_by_type=recent.by_type,
+        events_by_source=recent.by_source,
+        healed=runs.healed(connection, window_start),
+        unapplied=unsettled_counts(connection),
+        oldest_unapplied=oldest_unsettled(connection),
+        last_webhook_at=last_received(connection, EventSource.WEBHOOK),
+        runs=runs.latest_runs(connection, run_count),
     )
-
-
-def _count(connection: Connection, table: Any) -> int:
-    return int(connection.execute(select(func.count()).select_from(table)).scalar_one())
-
-
-def _record_counts(connection: Connection, table: Any) -> RecordCounts:
-    total, deleted = connection.execute(select(func.count(), func.count(table.c.deleted_at))).one()
-    return RecordCounts(live=int(total) - int(deleted), deleted=int(deleted))
-
-
-def _healed(connection: Connection, since: datetime) -> Healed:
-    row = connection.execute(
-        select(
-            func.count(),
-            *(
-                func.coalesce(func.sum(column), 0)
-                for column in (
-                    sync_runs.c.created,
-                    sync_runs.c.updated,
-                    sync_runs.c.tombstoned,
-                    sync_runs.c.rate_limited,
-                )
-            ),
-        ).where(sync_runs.c.started_at >= since, sync_runs.c.kind.in_(LOSS_KINDS))
-    ).one()
-    runs, created, updated, tombstoned, rate_limited = (int(value) for value in row)
-    return Healed(runs, created, updated, tombstoned, rate_limited)
-
-
-def _oldest_unapplied(connection: Connection, now: datetime) -> UnappliedEvent | None:
-    row = connection.execute(
-        select(
-            webhook_events.c.seq,
-            webhook_events.c.source,
-            webhook_events.c.event_type,
-            webhook_events.c.status,
-            webhook_events.c.received_at,
-            webhook_events.c.attempts,
-            webhook_events.c.error,
-        )
-        .where(webhook_events.c.status.in_(UNSETTLED))
-        .order_by(webhook_events.c.received_at, webhook_events.c.seq)
-        .limit(1)
-    ).first()
-    if row is None:
-        return None
-    received_at = _utc(row.received_at)
-    return UnappliedEvent(
-        seq=int(row.seq),
-        source=row.source,
-        event_type=row.event_type,
-        status=row.status,
-        received_at=received_at,
-        age_seconds=_seconds(now - received_at),
-        attempts=int(row.attempts),
-        error=row.error,
-    )
-
-
-def _last_webhook_at(connection: Connection) -> datetime | None:
-    # Walks the received_at index from the newest end to the first event a webhook brought.
-    received_at = connection.execute(
-        select(webhook_events.c.received_at)
-        .where(webhook_events.c.source == EventSource.WEBHOOK)
-        .order_by(webhook_events.c.received_at.desc())
-        .limit(1)
-    ).scalar_one_or_none()
-    return None if received_at is None else _utc(received_at)
-
-
-def _latest_runs(connection: Connection, limit: int) -> list[RunSummary]:
-    rows = connection.execute(select(sync_runs).order_by(sync_runs.c.id.desc()).limit(limit))
-    summaries = []
-    for row in rows:
-        started_at = _utc(row.started_at)
-        finished_at = None if row.finished_at is None else _utc(row.finished_at)
-        duration = None if finished_at is None else _seconds(finished_at - started_at)
-        summaries.append(
-            RunSummary(
-                id=int(row.id),
-                resource=row.resource,
-                kind=row.kind,
-                outcome=row.outcome,
-                started_at=started_at,
-                finished_at=finished_at,
-                duration_seconds=duration,
-                pages=row.pages,
-                records=row.records,
-                created=row.created,
-                updated=row.updated,
-                tombstoned=row.tombstoned,
-                candidates=row.candidates,
-                rate_limited=row.rate_limited,
-                errors=row.errors,
-                error=row.error,
-            )
-        )
-    return summaries
-
-
-def _utc(moment: datetime) -> datetime:
-    # SQLite hands back the naive UTC text it stored.
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _seconds(delta: timedelta) -> float:
@@ -309,7 +147,7 @@ def status_document(status: MirrorStatus) -> dict[str, Any]:
                 "event_type": oldest.event_type,
                 "status": oldest.status,
                 "received_at": _iso(oldest.received_at),
-                "age_seconds": oldest.age_seconds,
+                "age_seconds": status.oldest_unapplied_age_seconds,
                 "attempts": oldest.attempts,
                 "error": oldest.error,
             },
@@ -413,7 +251,7 @@ def _lag_table(status: MirrorStatus) -> Table:
     since = status.seconds_since_last_webhook
     shown = "never" if last is None or since is None else f"{_shown(last)} ({_human(since)} ago)"
     _row(table, "last webhook", shown)
-    for state in UNSETTLED:
+    for state in status.unapplied:
         _row(table, f"{state} events", status.unapplied[state])
     oldest = status.oldest_unapplied
     if oldest is None:
@@ -424,7 +262,7 @@ def _lag_table(status: MirrorStatus) -> Table:
         "oldest unapplied",
         f"seq {oldest.seq} {oldest.event_type} ({oldest.source}, {oldest.status}, "
         f"{oldest.attempts} attempts), received {_shown(oldest.received_at)} "
-        f"({_human(oldest.age_seconds)} ago)",
+        f"({_human(status.oldest_unapplied_age_seconds or 0)} ago)",
     )
     if oldest.error:
         _row(table, "its error", oldest.error)

@@ -5,6 +5,7 @@ is its public surface (pinned by tests/mirror/test_exported_members.py); the mod
 are its own to rearrange.
 """
 
+from mirror import leases, runs
 from mirror.database import (
     DatabaseUnavailable,
     create_mirror_engine,
@@ -15,12 +16,19 @@ from mirror.database import (
     write_transaction,
 )
 from mirror.eventlog import (
+    EventCounts,
     IncomingEvent,
     Outcome,
+    UnsettledEvent,
     dedup_key,
+    event_count,
+    event_counts,
+    last_received,
+    oldest_unsettled,
     reconcile_event,
     storable_headers,
     store_events,
+    unsettled_counts,
 )
 from mirror.events import (
     EVENT_TYPES,
@@ -43,10 +51,18 @@ from mirror.migrate import (
     require_current,
     upgrade,
 )
-from mirror.records import apply_writes
+from mirror.records import (
+    RecordCounts,
+    Unlisted,
+    apply_writes,
+    count_unlisted,
+    record_counts,
+    unlisted_records,
+)
 from mirror.replay import ReplayedEvent, ReplaySummary, Selection, SelectionError, replay
 from mirror.retention import prune_event_payloads
 from mirror.states import (
+    LOSS_KINDS,
     UNSETTLED,
     Effect,
     EventSource,
@@ -60,12 +76,14 @@ from mirror.versions import Action, Version, VersionError, VersionKey, parse_ins
 __all__ = [
     "DEFAULT_LIMIT",
     "EVENT_TYPES",
+    "LOSS_KINDS",
     "MAX_LIMIT",
     "UNSETTLED",
     "Action",
     "DatabaseUnavailable",
     "Effect",
     "Event",
+    "EventCounts",
     "EventSource",
     "EventStatus",
     "FeedError",
@@ -76,6 +94,7 @@ __all__ = [
     "PayloadError",
     "Receipt",
     "ReceiptStatus",
+    "RecordCounts",
     "RecordWrite",
     "ReplaySummary",
     "ReplayedEvent",
@@ -85,17 +104,25 @@ __all__ = [
     "SchemaNotCurrent",
     "Selection",
     "SelectionError",
+    "Unlisted",
+    "UnsettledEvent",
     "Version",
     "VersionError",
     "VersionKey",
     "apply_writes",
+    "count_unlisted",
     "create_mirror_engine",
     "current_revision",
     "decode_document",
     "dedup_key",
+    "event_count",
+    "event_counts",
     "head_revision",
     "ingest",
     "is_sqlite",
+    "last_received",
+    "leases",
+    "oldest_unsettled",
     "parse_instant",
     "prepare_for_writing",
     "prune_event_payloads",
@@ -103,14 +130,18 @@ __all__ = [
     "read_feed",
     "read_transaction",
     "reconcile_event",
+    "record_counts",
     "record_write",
     "replay",
     "require_current",
+    "runs",
     "sqlite_file",
     "storable_headers",
     "store_events",
     "unavailable_as_error",
+    "unlisted_records",
     "unreadable_event",
+    "unsettled_counts",
     "upgrade",
     "write_transaction",
 ]

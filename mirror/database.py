@@ -22,6 +22,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote
@@ -32,7 +33,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.util import asbool
 
-from config.errors import MirrorError
+from config import MirrorError
 
 T = TypeVar("T")
 
@@ -178,6 +179,12 @@ def _sqlite_engine(database_url: str, timeout_seconds: float) -> Engine:
         connection.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+def as_utc(moment: datetime) -> datetime:
+    """A timestamp read back from the database, as aware UTC: SQLite hands back the naive UTC
+    it stores, PostgreSQL an aware datetime in the session's zone."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def is_sqlite(engine: Engine) -> bool:

@@ -1,4 +1,4 @@
-"""The only writer of ``webhook_events``: every event ever received, verbatim.
+"""The only writer and reader of ``webhook_events``: every event ever received, verbatim.
 
 An event is keyed on (source, dedup key): a redelivery finds its first copy and has no second
 effect. Its row is inserted once, with its outcome, in the same transaction that applies it
@@ -16,22 +16,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import msgspec
-from sqlalchemy import ColumnElement, bindparam, case, func, select, update
+from sqlalchemy import ColumnElement, bindparam, case, func, select, text, update
 from sqlalchemy.engine import Connection
 
+from mirror.database import as_utc
 from mirror.driver import Driver, unnest
 from mirror.events import Event, RecordWrite
-from mirror.schema import webhook_events
-from mirror.states import Effect, EventSource
+from mirror.schema import UNSETTLED_EVENTS, webhook_events
+from mirror.states import UNSETTLED, Effect, EventSource, EventStatus
 from mirror.versions import VersionKey
-
-PENDING = "pending"
-APPLIED = "applied"
-IGNORED = "ignored"
-FAILED = "failed"
-
-WEBHOOK = "webhook"
-RECONCILE = "reconcile"
 
 # Headers that could carry credentials are never stored.
 _UNSTORED_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
@@ -226,9 +219,9 @@ def _row(driver: Driver, item: IncomingEvent, outcome: Outcome, now: object) -> 
         outcome.status,
         outcome.effect,
         outcome.error,
-        0 if outcome.status == PENDING else 1,
+        0 if outcome.status == EventStatus.PENDING else 1,
         driver.timestamp(item.received_at),
-        now if outcome.status in (APPLIED, IGNORED) else None,
+        now if outcome.status in (EventStatus.APPLIED, EventStatus.IGNORED) else None,
         driver.json([list(pair) for pair in item.headers]),
         item.body,
     )
@@ -254,12 +247,12 @@ def record_replays(connection: Connection, outcomes: Sequence[tuple[int, Outcome
     settled = [
         {"seq_": seq, "status_": outcome.status, "effect_": outcome.effect}
         for seq, outcome in outcomes
-        if outcome.status != FAILED
+        if outcome.status != EventStatus.FAILED
     ]
     failed = [
         {"seq_": seq, "error_": outcome.error}
         for seq, outcome in outcomes
-        if outcome.status == FAILED
+        if outcome.status == EventStatus.FAILED
     ]
     by_seq = webhook_events.c.seq == bindparam("seq_")
     if settled:
@@ -279,7 +272,7 @@ def record_replays(connection: Connection, outcomes: Sequence[tuple[int, Outcome
         connection.execute(
             update(webhook_events)
             .where(by_seq)
-            .values(status=FAILED, error=bindparam("error_"), attempts=_next_attempt()),
+            .values(status=EventStatus.FAILED, error=bindparam("error_"), attempts=_next_attempt()),
             failed,
         )
 
@@ -319,7 +312,7 @@ def _prunable(cutoff: datetime) -> list[ColumnElement[bool]]:
     """
     c = webhook_events.c
     return [
-        c.status == APPLIED,
+        c.status == EventStatus.APPLIED,
         c.body.is_not(None),
         func.coalesce(c.applied_at, c.received_at) < cutoff,
         # Implied by the line above (an event is applied after it is received); lets the
@@ -349,3 +342,96 @@ def prune_payloads(connection: Connection, seqs: Sequence[int], cutoff: datetime
         .values(body=None, body_pruned_at=datetime.now(UTC))
     )
     return int(result.rowcount)
+
+
+# --- reads: what status, /metrics and the demo ask of the event log -------------------------
+
+# The partial index's predicate, literally: a query written any other way (bound parameters)
+# is one the database cannot prove the index covers, and scans the table.
+_UNSETTLED = text(UNSETTLED_EVENTS)
+
+
+@dataclass(frozen=True, slots=True)
+class EventCounts:
+    """Events received since some moment, counted three ways."""
+
+    by_status: dict[str, int]  # every status of EventStatus, 0 when there is none
+    by_type: dict[str, int]  # only the types received, by name
+    by_source: dict[str, int]  # every source of EventSource
+
+
+def event_counts(connection: Connection, since: datetime) -> EventCounts:
+    c = webhook_events.c
+    by_status = dict.fromkeys(map(str, EventStatus), 0)
+    by_source = dict.fromkeys(map(str, EventSource), 0)
+    by_type: dict[str, int] = {}
+    rows = connection.execute(
+        select(c.source, c.status, c.event_type, func.count())
+        .where(c.received_at >= since)
+        .group_by(c.source, c.status, c.event_type)
+    )
+    for source, status, event_type, count in rows:
+        by_status[status] = by_status.get(status, 0) + count
+        by_source[source] = by_source.get(source, 0) + count
+        by_type[event_type] = by_type.get(event_type, 0) + count
+    return EventCounts(by_status, dict(sorted(by_type.items())), by_source)
+
+
+def unsettled_counts(connection: Connection) -> dict[str, int]:
+    """Events waiting for an operator, by status (each of ``UNSETTLED``, 0 when none)."""
+    counts = dict.fromkeys(map(str, UNSETTLED), 0)
+    rows = connection.execute(
+        select(webhook_events.c.status, func.count())
+        .where(_UNSETTLED)
+        .group_by(webhook_events.c.status)
+    )
+    for status, count in rows:
+        counts[status] = int(count)
+    return counts
+
+
+@dataclass(frozen=True, slots=True)
+class UnsettledEvent:
+    """An event waiting for an operator (pending or failed), without its payload."""
+
+    seq: int
+    source: str
+    event_type: str
+    status: str
+    received_at: datetime
+    attempts: int
+    error: str | None
+
+
+def oldest_unsettled(connection: Connection) -> UnsettledEvent | None:
+    c = webhook_events.c
+    row = connection.execute(
+        select(c.seq, c.source, c.event_type, c.status, c.received_at, c.attempts, c.error)
+        .where(_UNSETTLED)
+        .order_by(c.received_at, c.seq)
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    return UnsettledEvent(int(row.seq), row.source, row.event_type, row.status,
+                          as_utc(row.received_at), int(row.attempts), row.error)  # fmt: skip
+
+
+def last_received(connection: Connection, source: EventSource) -> datetime | None:
+    """When the latest event from ``source`` was received."""
+    # Walks the received_at index from the newest end to the first event from the source.
+    received_at = connection.execute(
+        select(webhook_events.c.received_at)
+        .where(webhook_events.c.source == source)
+        .order_by(webhook_events.c.received_at.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    return None if received_at is None else as_utc(received_at)
+
+
+def event_count(connection: Connection, source: EventSource | None = None) -> int:
+    """Every event in the log (from ``source`` only, when given)."""
+    query = select(func.count()).select_from(webhook_events)
+    if source is not None:
+        query = query.where(webhook_events.c.source == source)
+    return int(connection.execute(query).scalar_one())

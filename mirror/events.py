@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from config.errors import MirrorError
+from config import MirrorError
 from mirror.versions import Action, Version, VersionError, parse_instant
 
 

@@ -33,7 +33,7 @@ import msgspec
 from sqlalchemy import Engine, Row, func, literal, select, text, tuple_
 from sqlalchemy.engine import Connection
 
-from config.errors import MirrorError
+from config import MirrorError
 from mirror.database import unavailable_as_error
 from mirror.events import nested_too_deep
 from mirror.schema import webhook_events

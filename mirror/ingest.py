@@ -16,19 +16,15 @@ from sqlalchemy.engine import Connection
 
 from mirror.database import DatabaseUnavailable, write_transaction
 from mirror.eventlog import (
-    APPLIED,
-    FAILED,
-    IGNORED,
     IncomingEvent,
     Outcome,
     store_events,
     stored_before,
 )
 from mirror.records import apply_writes
+from mirror.states import EventStatus, ReceiptStatus
 
 log = logging.getLogger(__name__)
-
-DUPLICATE = "duplicate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,17 +68,18 @@ def _store_and_apply(connection: Connection, batch: Sequence[IncomingEvent]) -> 
 
 def _outcome(item: IncomingEvent, effects: Iterator[str]) -> Outcome:
     if item.unreadable is not None:
-        return Outcome(FAILED, error=item.unreadable)
+        return Outcome(EventStatus.FAILED, error=item.unreadable)
     if item.event.write is None:
-        return Outcome(IGNORED)
-    return Outcome(APPLIED, next(effects))
+        return Outcome(EventStatus.IGNORED)
+    return Outcome(EventStatus.APPLIED, next(effects))
 
 
 def _store_failed(
     connection: Connection, batch: Sequence[IncomingEvent], reason: str
 ) -> list[Receipt]:
     outcomes = [
-        (item, Outcome(FAILED, error=item.unreadable or reason)) for item in _first_copies(batch)
+        (item, Outcome(EventStatus.FAILED, error=item.unreadable or reason))
+        for item in _first_copies(batch)
     ]
     return _receipts(batch, store_events(connection, outcomes), _by_key(outcomes))
 
@@ -115,7 +112,7 @@ def _receipts(
         key = _key(item)
         seq = stored.get(key)
         if seq is None or key in answered:
-            receipts.append(Receipt(seq, DUPLICATE))
+            receipts.append(Receipt(seq, ReceiptStatus.DUPLICATE))
         else:
             outcome = outcomes[key]
             receipts.append(Receipt(seq, outcome.status, outcome.effect))

@@ -11,7 +11,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 import migrations
-from config.errors import MirrorError
+from config import MirrorError
 from mirror.database import is_sqlite, unavailable_as_error
 
 _SCRIPT_LOCATION = str(Path(migrations.__file__).parent)

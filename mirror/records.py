@@ -1,4 +1,4 @@
-"""The only writer of ``patients`` and ``appointments``.
+"""The only writer of ``patients`` and ``appointments``, and the reads of them the service makes.
 
 Receiver, sync and replay all change mirrored records through :func:`apply_writes`, so the
 ordering guard (``mirror.guard``) is enforced in exactly one place.
@@ -7,11 +7,15 @@ ordering guard (``mirror.guard``) is enforced in exactly one place.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
+from sqlalchemy import Select, and_, case, func, literal, null, or_, select
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.expression import ColumnElement
 
+from mirror.database import as_utc
 from mirror.driver import BulkStatement, Driver, unnest
 from mirror.events import RecordWrite, Resource
 from mirror.guard import RecordState, merge
@@ -333,3 +337,87 @@ def _row(
         typed[name] = driver.timestamp(typed[name])  # type: ignore[arg-type]
     row.update(typed, raw=driver.json(state.fields), content_version=state.content_version)
     return row
+
+
+# --- reads: counts, and the records a reconcile pass did not list ---------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RecordCounts:
+    live: int
+    deleted: int  # tombstoned: kept, with deleted_at set
+
+
+def record_counts(connection: Connection, resource: Resource) -> RecordCounts:
+    table = MIRRORED_TABLES[resource.value]
+    total, deleted = connection.execute(select(func.count(), func.count(table.c.deleted_at))).one()
+    return RecordCounts(live=int(total) - int(deleted), deleted=int(deleted))
+
+
+def _unlisted(resource: Resource, run_id: int, run_started_at: datetime) -> Select[Any]:
+    """Live records the pass did not list and that nobody wrote since it began."""
+    table = MIRRORED_TABLES[resource.value]
+    return select(table.c.id).where(
+        table.c.deleted_at.is_(None),
+        or_(table.c.seen_in_run.is_(None), table.c.seen_in_run != run_id),
+        table.c.mirrored_at < run_started_at,
+    )
+
+
+def count_unlisted(
+    connection: Connection, resource: Resource, run_id: int, run_started_at: datetime
+) -> tuple[int, int]:
+    """(live records the pass did not list nor anyone wrote since it began, live records)."""
+    table = MIRRORED_TABLES[resource.value]
+    unlisted = connection.execute(
+        select(func.count()).select_from(_unlisted(resource, run_id, run_started_at).subquery())
+    ).scalar_one()
+    live = connection.execute(
+        select(func.count()).select_from(table).where(table.c.deleted_at.is_(None))
+    ).scalar_one()
+    return int(unlisted), int(live)
+
+
+@dataclass(frozen=True, slots=True)
+class Unlisted:
+    """A live record a pass did not list: a candidate for deletion, to confirm first."""
+
+    id: str
+    date_time: datetime | None  # an appointment's, as the mirror has it
+    missed_before: bool  # the previous complete pass did not list it either
+
+
+def unlisted_records(
+    connection: Connection,
+    resource: Resource,
+    run_id: int,
+    run_started_at: datetime,
+    previous: tuple[int, datetime] | None,
+    after: str,
+    limit: int,
+) -> list[Unlisted]:
+    """The next ``limit`` unlisted records by id after ``after`` (memory stays flat however
+    many there are). ``previous`` is the id and start of the previous complete pass."""
+    table = MIRRORED_TABLES[resource.value]
+    if previous is None:
+        missed: ColumnElement[bool] = literal(False)
+    else:
+        previous_id, previous_started_at = previous
+        # Listed by an earlier pass but not the previous one; or never listed, and in the
+        # mirror unchanged since before the previous pass began (so it was there to list).
+        missed = or_(
+            table.c.seen_in_run < previous_id,
+            and_(table.c.seen_in_run.is_(None), table.c.mirrored_at < previous_started_at),
+        )
+    when = table.c.date_time if resource is Resource.APPOINTMENT else null()
+    query = (
+        _unlisted(resource, run_id, run_started_at)
+        .add_columns(when, case((missed, True), else_=False))
+        .where(table.c.id > after)
+        .order_by(table.c.id)
+        .limit(limit)
+    )
+    return [
+        Unlisted(str(row[0]), None if row[1] is None else as_utc(row[1]), bool(row[2]))
+        for row in connection.execute(query)
+    ]

@@ -27,15 +27,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, Engine, Row, func, or_, select
 from sqlalchemy.engine import Connection
 
-from config.errors import MirrorError
+from config import MirrorError
 from mirror.database import DatabaseUnavailable, read_transaction, unavailable_as_error
 from mirror.eventlog import (
-    APPLIED,
-    FAILED,
-    IGNORED,
-    PENDING,
-    RECONCILE,
-    WEBHOOK,
     Outcome,
     record_identities,
     record_replays,
@@ -47,12 +41,13 @@ from mirror.events import Event, PayloadError, RecordWrite, Resource, read_event
 from mirror.guard import RecordState, merge
 from mirror.records import apply_writes
 from mirror.schema import MIRRORED_TABLES, webhook_events
-from mirror.states import Effect
+from mirror.states import Effect, EventSource, EventStatus
 
 log = logging.getLogger(__name__)
 
-STATUSES = (PENDING, APPLIED, IGNORED, FAILED)
-SOURCES = (WEBHOOK, RECONCILE)
+STATUSES = tuple(EventStatus)
+# A replay's own events record what it changed: they are fed, never replayed again.
+SOURCES = (EventSource.WEBHOOK, EventSource.RECONCILE)
 SKIPPED = "skipped"
 """Not a stored status: the event's payload was removed by retention, so it cannot replay."""
 
@@ -142,7 +137,7 @@ class ReplayedEvent:
     @property
     def outcome(self) -> str:
         """One word: the effect of an applied event, else its status."""
-        return self.effect if self.status == APPLIED and self.effect else self.status
+        return self.effect if self.status == EventStatus.APPLIED and self.effect else self.status
 
 
 @dataclass(slots=True)
@@ -156,7 +151,7 @@ class ReplaySummary:
 
     @property
     def failed(self) -> int:
-        return self.counts[FAILED]
+        return self.counts[EventStatus.FAILED]
 
 
 def replay(
@@ -255,13 +250,13 @@ def _replay_batch(connection: Connection, rows: Sequence[Row[Any]]) -> list[Repl
         try:
             event, write = _write_of(row)
         except PayloadError as error:
-            decided[row.seq] = Outcome(FAILED, error=f"payload: {error}")
+            decided[row.seq] = Outcome(EventStatus.FAILED, error=f"payload: {error}")
             continue
         if row.event_type != event.event_type or (write is not None and row.resource is None):
             # Stored as unreadable when it arrived; now it is read, its row says what it is.
             identified.append((row.seq, event))
         if write is None:
-            decided[row.seq] = Outcome(IGNORED)
+            decided[row.seq] = Outcome(EventStatus.IGNORED)
         else:
             writes[row.seq] = write
             events[row.seq], bodies[row.seq] = event, row.body
@@ -274,7 +269,7 @@ def _replay_batch(connection: Connection, rows: Sequence[Row[Any]]) -> list[Repl
     changes = [
         (replay_event(seq, events[seq], writes[seq], bodies[seq], now), outcome)
         for seq, outcome in applied.items()
-        if outcome.status == APPLIED and outcome.effect != Effect.STALE
+        if outcome.status == EventStatus.APPLIED and outcome.effect != Effect.STALE
     ]
     store_events(connection, changes)
 
@@ -290,9 +285,9 @@ def _replay_batch(connection: Connection, rows: Sequence[Row[Any]]) -> list[Repl
         outcome = decided.get(row.seq) or applied[row.seq]
         changed: tuple[str, ...] = ()
         write = writes.get(row.seq)
-        if write is not None and outcome.status == APPLIED:
+        if write is not None and outcome.status == EventStatus.APPLIED:
             changed = _changed_fields(states, write, outcome.effect)
-        if outcome.status == FAILED:
+        if outcome.status == EventStatus.FAILED:
             log.error("replaying event %d failed: %s", row.seq, outcome.error)
         results.append(
             ReplayedEvent(
@@ -318,13 +313,15 @@ def _apply(connection: Connection, writes: Sequence[RecordWrite]) -> list[Outcom
         return []
     try:
         with unavailable_as_error(), connection.begin_nested():
-            return [Outcome(APPLIED, effect) for effect in apply_writes(connection, writes)]
+            return [
+                Outcome(EventStatus.APPLIED, effect) for effect in apply_writes(connection, writes)
+            ]
     except DatabaseUnavailable:
         raise
     except Exception as error:
         # Only the type: an exception's text can carry the statement's parameters.
         if len(writes) == 1:
-            return [Outcome(FAILED, error=f"apply failed: {type(error).__name__}")]
+            return [Outcome(EventStatus.FAILED, error=f"apply failed: {type(error).__name__}")]
         log.warning(
             "replaying %d events failed with %s; isolating them", len(writes), type(error).__name__
         )

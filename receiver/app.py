@@ -56,8 +56,7 @@ def create_app(
                 settings.database_url,
                 timeout_seconds=settings.database_timeout_seconds,
                 max_batch=settings.intake_max_batch,
-                log_level=settings.log_level,
-                log_format=settings.log_format,
+                logging_options=settings.log_options,
             )
             await intake.start()
             app.state.engine = engine

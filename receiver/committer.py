@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -28,8 +29,7 @@ from multiprocessing.connection import Connection
 
 from sqlalchemy.engine import make_url
 
-from config.errors import MirrorError
-from config.logs import configure_logging
+from config import LogOptions, MirrorError, configure_logging
 from receiver import frames
 
 log = logging.getLogger(__name__)
@@ -57,14 +57,16 @@ def run_committer(
     database_url: str,
     timeout_seconds: float,
     channel: Connection,
-    log_level: str = "INFO",
-    log_format: str = "text",
+    logging_options: LogOptions,
 ) -> None:
     """The child's main loop: one batch in, its receipts out, until the parent goes away."""
     from mirror import DatabaseUnavailable, create_mirror_engine, ingest
 
-    # A process of its own: the receiver's logging setup does not reach it.
-    configure_logging(log_level, log_format, secrets=[make_url(database_url).password or ""])
+    # A process of its own: the receiver's logging setup does not reach it. The database's
+    # password is masked whoever made the options.
+    password = make_url(database_url).password or ""
+    secrets = (*logging_options.secrets, password)
+    configure_logging(dataclasses.replace(logging_options, secrets=secrets))
     engine = create_mirror_engine(database_url, timeout_seconds=timeout_seconds)
     channel.send_bytes(frames.encode_answer(frames.Ready()))
     log.info("committer started (pid %d)", os.getpid())
@@ -95,12 +97,11 @@ class CommitterClient:
         database_url: str,
         timeout_seconds: float,
         *,
-        log_level: str = "INFO",
-        log_format: str = "text",
+        logging_options: LogOptions,
     ) -> None:
         self._database_url = database_url
         self._timeout = timeout_seconds
-        self._logging = (log_level, log_format)
+        self._logging = logging_options
         self._deadline = answer_deadline(timeout_seconds)
         self._process: multiprocessing.process.BaseProcess | None = None
         self._reader: asyncio.StreamReader | None = None
@@ -112,7 +113,7 @@ class CommitterClient:
         ours, theirs = context.Pipe(duplex=True)
         process = context.Process(
             target=run_committer,
-            args=(self._database_url, self._timeout, theirs, *self._logging),
+            args=(self._database_url, self._timeout, theirs, self._logging),
             name="healthdock-committer",
             daemon=True,
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from config.errors import MirrorError
+from config import LogOptions, MirrorError
 from mirror import DatabaseUnavailable, IncomingEvent, Receipt
 from receiver import frames
 from receiver.committer import CommitterClient, CommitterUnavailable
@@ -34,11 +34,10 @@ class Intake:
         *,
         timeout_seconds: float,
         max_batch: int,
-        log_level: str = "INFO",
-        log_format: str = "text",
+        logging_options: LogOptions,
     ) -> None:
         self._committer = CommitterClient(
-            database_url, timeout_seconds, log_level=log_level, log_format=log_format
+            database_url, timeout_seconds, logging_options=logging_options
         )
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()

@@ -20,8 +20,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from litestar import MediaType, Request, Response, get
@@ -35,13 +33,21 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from mirror import EVENT_TYPES, UNSETTLED, DatabaseUnavailable, RunOutcome, read_transaction
-from mirror.schema import UNSETTLED_EVENTS, leases, sync_runs, webhook_events
-from mirror.states import LOSS_KINDS
+from mirror import (
+    EVENT_TYPES,
+    LOSS_KINDS,
+    UNSETTLED,
+    DatabaseUnavailable,
+    RunOutcome,
+    leases,
+    read_transaction,
+    runs,
+    unsettled_counts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -178,22 +184,6 @@ class _RateBudget(Collector):
         )
 
 
-@dataclass(frozen=True, slots=True)
-class _RunTotals:
-    resource: str
-    kind: str
-    outcome: str
-    runs: int
-    pages: int
-    records: int
-    requests: int
-    rate_limited: int
-    created: int
-    updated: int
-    tombstoned: int
-    last_finished: datetime | None
-
-
 class _DatabaseCollector(Collector):
     """What the database says, read at scrape time."""
 
@@ -240,36 +230,17 @@ class _DatabaseCollector(Collector):
 
 def _read(
     connection: Connection,
-) -> tuple[list[_RunTotals], dict[str, int], list[tuple[str, str]]]:
-    c = sync_runs.c
-    rows = connection.execute(
-        select(
-            c.resource, c.kind, c.outcome, func.count(),
-            func.coalesce(func.sum(c.pages), 0), func.coalesce(func.sum(c.records), 0),
-            func.coalesce(func.sum(c.requests), 0), func.coalesce(func.sum(c.rate_limited), 0),
-            func.coalesce(func.sum(c.created), 0), func.coalesce(func.sum(c.updated), 0),
-            func.coalesce(func.sum(c.tombstoned), 0), func.max(c.finished_at),
-        ).group_by(c.resource, c.kind, c.outcome)
-    ).all()  # fmt: skip
-    totals = [_RunTotals(*row) for row in rows]
-    # The literal predicate matches the partial index on unsettled events: no table scan.
-    unapplied = connection.execute(
-        select(webhook_events.c.status, func.count())
-        .where(text(UNSETTLED_EVENTS))
-        .group_by(webhook_events.c.status)
-    ).all()
-    now = datetime.now(UTC)
-    holders = [
-        (row.name, row.holder)
-        for row in connection.execute(select(leases.c.name, leases.c.holder, leases.c.expires_at))
-        if _aware(row.expires_at) >= now
-    ]
-    return totals, {status: int(count) for status, count in unapplied}, holders
+) -> tuple[list[runs.RunTotals], dict[str, int], list[tuple[str, str]]]:
+    return (
+        runs.run_totals(connection),
+        unsettled_counts(connection),
+        leases.lease_holders(connection),
+    )
 
 
-def _sync_metrics(totals: list[_RunTotals]) -> Iterator[Metric]:
+def _sync_metrics(totals: list[runs.RunTotals]) -> Iterator[Metric]:
     labels = ["resource", "kind"]
-    runs = CounterMetricFamily(
+    finished = CounterMetricFamily(
         "healthdock_sync_runs",
         "Finished reconcile passes, by resource, kind (backfill, full, upcoming) and outcome "
         "(success, incomplete, held, failed).",
@@ -314,9 +285,9 @@ def _sync_metrics(totals: list[_RunTotals]) -> Iterator[Metric]:
         if row.outcome == RunOutcome.RUNNING:
             running.add_metric(list(key), row.runs)
         else:
-            runs.add_metric([*key, row.outcome], row.runs)
+            finished.add_metric([*key, row.outcome], row.runs)
         if row.outcome == RunOutcome.SUCCESS and row.last_finished is not None:
-            last_success.add_metric(list(key), _aware(row.last_finished).timestamp())
+            last_success.add_metric(list(key), row.last_finished.timestamp())
         sums = summed.setdefault(key, [0, 0, 0, 0])
         for index, value in enumerate((row.pages, row.records, row.requests, row.rate_limited)):
             sums[index] += int(value)
@@ -332,12 +303,8 @@ def _sync_metrics(totals: list[_RunTotals]) -> Iterator[Metric]:
         limited.add_metric(list(key), limited_count)
     for (resource, change), count in healed_by.items():
         healed.add_metric([resource, change], count)
-    yield from (runs, running, pages, records, requests, limited, healed, last_success)
+    yield from (finished, running, pages, records, requests, limited, healed, last_success)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=value)
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 
 import msgspec
 
-from config.errors import MirrorError
+from config import MirrorError
 from mirror import PayloadError, decode_document
 
 SIGNATURE_HEADER = "X-HealthDock-Signature"

@@ -10,9 +10,10 @@ dropped connections and truncated bodies are retried with capped, jittered backo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import date
@@ -27,8 +28,8 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from config.errors import MirrorError
-from mirror.events import Resource
+from config import MirrorError
+from mirror import Resource
 from sync.pacer import Pacer, RateLimit, read_rate_limit, retry_after
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,18 @@ class HealthDockClient:
         params = {"page": str(page), "limit": str(min(limit, MAX_PAGE_SIZE)), **filters}
         return await self._get(resource, params, f"{resource.value}s page {page}")
 
+    async def pages(
+        self, resource: Resource, limit: int = MAX_PAGE_SIZE, **filters: str
+    ) -> AsyncGenerator[Page, None]:
+        """Every page of ``resource`` under ``filters``, one after the other, up to the last
+        one HealthDock counts (the total is read again at each page: it can change)."""
+        number, total = 1, 1
+        while number <= total:
+            found = await self.page(resource, number, limit, **filters)
+            yield found
+            total = found.total_pages
+            number += 1
+
     async def find_patient(self, record_id: str, max_pages: int = 20) -> Lookup:
         """Look for the patient with exactly this id through ``search`` (documented as "by
         name or ID" on ``GET /patients`` only).
@@ -140,29 +153,23 @@ class HealthDockClient:
         A search by a short id can match many patients, so the results are paged, up to
         ``max_pages``; a search that still has pages left then confirms nothing either way.
         """
-        number, total = 1, 1
-        while number <= total:
-            if number > max_pages:
-                return Lookup(None, complete=False)
-            params = {"page": str(number), "limit": str(MAX_PAGE_SIZE), "search": record_id}
-            found = await self._get(Resource.PATIENT, params, f"patient by id, page {number}")
-            for record in found.records:
-                if _record_id(record, Resource.PATIENT) == record_id:
-                    return Lookup(record, complete=True)
-            total = found.total_pages
-            number += 1
+        read = 0
+        async with contextlib.aclosing(self.pages(Resource.PATIENT, search=record_id)) as found:
+            async for page in found:
+                for record in page.records:
+                    if _record_id(record, Resource.PATIENT) == record_id:
+                        return Lookup(record, complete=True)
+                read += 1
+                if read >= max_pages and page.total_pages > read:
+                    return Lookup(None, complete=False)
         return Lookup(None, complete=True)
 
     async def appointments_on(self, day: date) -> dict[str, dict[str, Any]]:
         """Every appointment HealthDock lists under ``date=day`` (all pages), by id."""
         records: dict[str, dict[str, Any]] = {}
-        number, total = 1, 1
-        while number <= total:
-            found = await self.page(Resource.APPOINTMENT, number, date=day.isoformat())
-            for record in found.records:
+        async for page in self.pages(Resource.APPOINTMENT, date=day.isoformat()):
+            for record in page.records:
                 records[_record_id(record, Resource.APPOINTMENT)] = record
-            total = found.total_pages
-            number += 1
         return records
 
     async def _get(self, resource: Resource, params: Mapping[str, str], what: str) -> Page:

@@ -6,7 +6,7 @@ A holder that could not renew in time (paused, cut off from the database) may ha
 taken over once its lease expired: as soon as it finds that out, it stops its passes and
 leaves them to the new holder, which resumes them from their checkpoints. Until it finds out
 it can write nothing either: every write of its passes checks the lease's fencing token
-(``sync.runs.Fence``), which the new holder's taking increased.
+(``mirror.leases.Fence``), which the new holder's taking increased.
 """
 
 from __future__ import annotations
@@ -25,16 +25,11 @@ from datetime import date
 import httpx
 from sqlalchemy import Engine
 
-from config import Settings
-from config.errors import ConfigurationError
-from mirror.database import DatabaseUnavailable, write_transaction
-from mirror.events import Resource
-from sync import runs
+from config import ConfigurationError, Settings
+from mirror import DatabaseUnavailable, Resource, leases, read_transaction, write_transaction
 from sync.client import HealthDockClient
-from sync.reconcile import PassOptions, PassResult, Progress, reconcile, refresh
-from sync.runs import Fence
-from sync.runs import LeaseHeld as LeaseHeld
-from sync.runs import LeaseLost as LeaseLost
+from sync.passes import PassOptions, PassResult, Progress
+from sync.reconcile import reconcile, refresh
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +74,7 @@ async def run_reconcile(
     transport: httpx.AsyncBaseTransport | None = None,
     progress: Callable[[Resource], Progress] | None = None,
 ) -> list[PassResult]:
-    """One pass per resource under the lease; raises LeaseHeld if another process has it."""
+    """One pass per resource under the lease; raises leases.LeaseHeld if another process has it."""
     options = pass_options(settings, allow_mass_delete=allow_mass_delete)
     async with (
         _lease(engine, settings.sync_lease_seconds) as fence,
@@ -119,17 +114,17 @@ async def run_refresh(
 
 
 @contextlib.asynccontextmanager
-async def _lease(engine: Engine, ttl_seconds: float) -> AsyncIterator[Fence]:
+async def _lease(engine: Engine, ttl_seconds: float) -> AsyncIterator[leases.Fence]:
     # Unique to this taking of the lease, not just to the process: the scheduler's jobs in one
     # process (full, retry, upcoming) must exclude each other too, and one job's release must
     # never drop a lease another job of the same process still holds.
     holder = f"{holder_name()}:{uuid.uuid4().hex[:8]}"
-    take = functools.partial(runs.take_lease, name=LEASE, holder=holder, ttl_seconds=ttl_seconds)
+    take = functools.partial(leases.take_lease, name=LEASE, holder=holder, ttl_seconds=ttl_seconds)
     fence = await asyncio.to_thread(write_transaction, engine, take)
     if fence is None:
         current = await _current_holder(engine)
-        raise LeaseHeld(f"another reconcile is running ({current or 'unknown holder'})")
-    renew_lease = functools.partial(runs.renew_lease, fence=fence, ttl_seconds=ttl_seconds)
+        raise leases.LeaseHeld(f"another reconcile is running ({current or 'unknown holder'})")
+    renew_lease = functools.partial(leases.renew_lease, fence=fence, ttl_seconds=ttl_seconds)
 
     owner = asyncio.current_task()
     assert owner is not None
@@ -162,29 +157,29 @@ async def _lease(engine: Engine, ttl_seconds: float) -> AsyncIterator[Fence]:
     renewing = asyncio.create_task(renew(), name="lease-renewal")
     try:
         yield fence
-    except LeaseLost as fenced:
+    except leases.LeaseLost as fenced:
         # A write found the lease taken over (its fence check failed) before renewal did.
         log.warning("%s: this reconcile stopped", fenced)
         raise
     except asyncio.CancelledError:
-        # Our own cancellation (the lease is gone) ends the passes as LeaseLost; a shutdown's
+        # Our own cancellation (the lease is gone) ends the passes as leases.LeaseLost; a shutdown's
         # stays a cancellation.
         if lost and owner.uncancel() == 0:
             log.warning("%s: this reconcile stopped", lost[0])
-            raise LeaseLost(lost[0]) from None
+            raise leases.LeaseLost(lost[0]) from None
         raise
     finally:
         renewing.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await renewing
-        release = functools.partial(runs.release_lease, name=LEASE, holder=holder)
+        release = functools.partial(leases.release_lease, name=LEASE, holder=holder)
         with contextlib.suppress(DatabaseUnavailable):
             await asyncio.to_thread(write_transaction, engine, release)
 
 
 async def _current_holder(engine: Engine) -> str | None:
-    holder = functools.partial(runs.lease_holder, name=LEASE)
+    holder = functools.partial(leases.lease_holder, name=LEASE)
     try:
-        return await asyncio.to_thread(write_transaction, engine, holder)
+        return await asyncio.to_thread(read_transaction, engine, holder)
     except DatabaseUnavailable:
         return None

@@ -24,12 +24,9 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
 from config import Settings
-from mirror.database import DatabaseUnavailable
-from mirror.events import Resource
-from mirror.retention import prune_event_payloads
-from mirror.states import RunOutcome
+from mirror import DatabaseUnavailable, Resource, RunOutcome, leases, prune_event_payloads
 from sync.client import RateBudgetListener, UpstreamError, rate_budget_listener
-from sync.job import LeaseHeld, run_reconcile, run_refresh
+from sync.job import run_reconcile, run_refresh
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +42,7 @@ def build_scheduler(settings: Settings, engine: Engine) -> AsyncIOScheduler:
     async def full_reconcile() -> None:
         try:
             results = await run_reconcile(settings, engine, list(Resource))
-        except LeaseHeld as held:
+        except leases.LeaseHeld as held:
             log.info("reconcile skipped: %s", held)
             return
         except (DatabaseUnavailable, UpstreamError) as error:
@@ -62,7 +59,7 @@ def build_scheduler(settings: Settings, engine: Engine) -> AsyncIOScheduler:
         days = [today + timedelta(days=n) for n in range(settings.sync_upcoming_days + 1)]
         try:
             await run_refresh(settings, engine, days)
-        except LeaseHeld as held:
+        except leases.LeaseHeld as held:
             log.info("appointment refresh skipped: %s", held)
         except (DatabaseUnavailable, UpstreamError) as error:
             log.warning("appointment refresh failed: %s", error)

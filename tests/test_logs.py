@@ -22,8 +22,8 @@ def _logged(level: str, log_format: str, program: str) -> str:
     the two secrets above configured."""
     setup = (
         "import logging\n"
-        "from config.logs import configure_logging\n"
-        f"configure_logging({level!r}, {log_format!r}, secrets=[{TOKEN!r}, {PASSWORD!r}, ''])\n"
+        "from config import LogOptions, configure_logging\n"
+        f"configure_logging(LogOptions({level!r}, {log_format!r}, ({TOKEN!r}, {PASSWORD!r}, '')))\n"
         "library = logging.getLogger('some.library')\n"
     )
     run = subprocess.run(

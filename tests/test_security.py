@@ -30,8 +30,8 @@ from mirror.events import Resource
 from mirror.schema import patients, webhook_events
 from receiver import create_app
 from receiver.signature import sign
+from sync import PassOptions, reconcile
 from sync.client import HealthDockClient, UpstreamError
-from sync.reconcile import PassOptions, reconcile
 from tests.factories import (
     PATIENT_ABHA,
     PATIENT_DOB,

@@ -18,23 +18,14 @@ from sqlalchemy import Engine, update
 
 from healthdock_mirror.cli import main
 from healthdock_mirror.status import gather_status
+from mirror import runs
 from mirror.database import create_mirror_engine, write_transaction
-from mirror.eventlog import (
-    FAILED,
-    PENDING,
-    RECONCILE,
-    WEBHOOK,
-    IncomingEvent,
-    Outcome,
-    dedup_key,
-    store_events,
-)
+from mirror.eventlog import IncomingEvent, Outcome, dedup_key, store_events
 from mirror.events import parse_event
 from mirror.ingest import ingest
 from mirror.migrate import upgrade
 from mirror.schema import sync_runs
-from mirror.states import RunKind, RunOutcome
-from sync import runs
+from mirror.states import EventSource, EventStatus, RunKind, RunOutcome
 from tests.factories import (
     PATIENT_ABHA,
     PATIENT_DOB,
@@ -50,8 +41,8 @@ NOW = datetime.now(UTC)
 
 
 def incoming(
-    event_type: str, data: dict[str, Any], received_at: datetime, *, source: str = WEBHOOK,
-    timestamp: str = "2024-01-12T10:30:00Z",
+    event_type: str, data: dict[str, Any], received_at: datetime, *,
+    source: str = EventSource.WEBHOOK, timestamp: str = "2024-01-12T10:30:00Z",
 ) -> IncomingEvent:  # fmt: skip
     document = event(event_type, data, timestamp=timestamp)
     body = encode(document)
@@ -123,17 +114,19 @@ def known(engine: Engine) -> KnownMirror:
         ],
     )  # fmt: skip
     # A reconcile's healed change is newer than every webhook: it is not "the last webhook".
-    ingest(engine, [incoming("patient.created", patient("PAT4"), NOW, source=RECONCILE)])
+    ingest(
+        engine, [incoming("patient.created", patient("PAT4"), NOW, source=EventSource.RECONCILE)]
+    )
     pending_seq = store(
         engine,
         incoming("patient.updated", patient("PAT1"), NOW - timedelta(hours=1)),
-        Outcome(PENDING),
+        Outcome(EventStatus.PENDING),
     )
     # Older than a day: in the totals and the unapplied list, not in the last day's counts.
     failed_seq = store(
         engine,
         incoming("patient.updated", patient("PAT2"), NOW - timedelta(days=3)),
-        Outcome(FAILED, error="apply failed: TypeError"),
+        Outcome(EventStatus.FAILED, error="apply failed: TypeError"),
     )
     ingest(
         engine,
@@ -385,7 +378,7 @@ _AGES = st.integers(min_value=0, max_value=2 * 86400)
 @given(
     events=st.lists(
         st.tuples(
-            st.sampled_from([WEBHOOK, RECONCILE]),
+            st.sampled_from([EventSource.WEBHOOK, EventSource.RECONCILE]),
             st.sampled_from(["applied", "ignored", "failed", "pending"]),
             st.sampled_from(["patient.created", "appointment.updated", "lab.result"]),
             _AGES,
@@ -410,7 +403,7 @@ def test_last_day_counts_exactly_the_events_of_the_last_day(
             engine.dispose()
     recent = [(source, state, kind) for source, state, kind, age in events if age <= 86400]
     assert sum(status.events_by_status.values()) == len(recent)
-    for source in (WEBHOOK, RECONCILE):
+    for source in (EventSource.WEBHOOK, EventSource.RECONCILE):
         assert status.events_by_source[source] == sum(1 for s, _, _ in recent if s == source)
     for state in ("applied", "ignored", "failed", "pending"):
         assert status.events_by_status[state] == sum(1 for _, s, _ in recent if s == state)
@@ -421,7 +414,7 @@ def test_last_day_counts_exactly_the_events_of_the_last_day(
     assert status.unapplied == {
         state: sum(1 for _, s, _, _ in events if s == state) for state in ("pending", "failed")
     }
-    webhook_ages = [age for source, *_, age in events if source == WEBHOOK]
+    webhook_ages = [age for source, *_, age in events if source == EventSource.WEBHOOK]
     expected_last = now - timedelta(seconds=min(webhook_ages)) if webhook_ages else None
     assert status.last_webhook_at == expected_last
 

@@ -45,6 +45,10 @@ LUA_SCRIPT = HERE / "post_events.lua"
 RESULTS = HERE / "results"
 ENDPOINT = "/webhooks/healthdock"
 SERVERS = ("bare", "ours")
+# With --baseline-tree: our server from another checkout (an earlier commit), in the same
+# rounds, so a change is measured against what it changed, side by side.
+BASELINE = "baseline"
+OUR_SERVERS = ("ours", BASELINE)
 RESULT_MARKER = "BENCH_RESULT "
 # Lines of a server's log that mean something went wrong during a run.
 LOG_PROBLEMS = ("WARNING", "ERROR", "CRITICAL", "Traceback")
@@ -269,7 +273,7 @@ class Run:
 
 
 def server_command(server: str, args: argparse.Namespace) -> list[str]:
-    if server == "ours":
+    if server in OUR_SERVERS:
         return [str(BIN / "healthdock-mirror"), "serve"]
     # The flags `healthdock-mirror serve` passes to uvicorn.run: one worker, no access log,
     # loop and http protocol left to uvicorn (uvloop and httptools when installed).
@@ -290,9 +294,14 @@ def server_command(server: str, args: argparse.Namespace) -> list[str]:
     ]
 
 
-def service_env(database_url: str, args: argparse.Namespace) -> dict[str, str]:
+def service_env(
+    database_url: str, args: argparse.Namespace, server: str = "ours"
+) -> dict[str, str]:
     # Only our variables, so a HEALTHDOCK_* left in the caller's shell cannot skew a run.
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHDOCK_")}
+    if server == BASELINE:
+        # This repository's entry point on the other checkout's code, first on the path.
+        env["PYTHONPATH"] = str(Path(args.baseline_tree).resolve())
     env.update(
         HEALTHDOCK_DATABASE_URL=database_url,
         HEALTHDOCK_WEBHOOK_SECRET=args.secret,
@@ -302,7 +311,9 @@ def service_env(database_url: str, args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
-def prepare_database(kind: str, workdir: Path, label: str, args: argparse.Namespace) -> str:
+def prepare_database(
+    kind: str, workdir: Path, label: str, args: argparse.Namespace, server: str = "ours"
+) -> str:
     """An empty, migrated database for one run of ours; returns its URL."""
     if kind == "sqlite":
         # `serve` migrates a fresh SQLite file itself, as it would on a first start.
@@ -311,7 +322,7 @@ def prepare_database(kind: str, workdir: Path, label: str, args: argparse.Namesp
     url = pg_service_url(args.pg_admin_url, args.pg_database)
     migrate = subprocess.run(
         [str(BIN / "healthdock-mirror"), "migrate"],
-        env=service_env(url, args),
+        env=service_env(url, args, server),
         cwd=workdir,
         capture_output=True,
         text=True,
@@ -332,13 +343,15 @@ def one_run(
     args: argparse.Namespace,
 ) -> Run:
     label = f"{kind}-{server}-{round_number}"
-    database_url = prepare_database(kind, workdir, label, args) if server == "ours" else ""
+    database_url = (
+        prepare_database(kind, workdir, label, args, server) if server in OUR_SERVERS else ""
+    )
     log = workdir / f"{label}.log"
     url = f"http://{args.host}:{args.port}{ENDPOINT}"
     loadavg = os.getloadavg()
     with running_server(
         server_command(server, args),
-        service_env(database_url, args),
+        service_env(database_url, args, server),
         workdir,
         args.host,
         args.port,
@@ -355,7 +368,7 @@ def one_run(
         run.server_cpu_pct = 100 * (server_after - server_before) / measured.duration_s
         busy, total = (a - b for a, b in zip(machine_after, machine_before, strict=True))
         run.machine_busy_pct = 100 * busy / total if total else 0.0
-        if server == "ours":
+        if server in OUR_SERVERS:
             # Counted while the server still runs: a 2xx promises the row is committed now,
             # not after a graceful shutdown has flushed whatever was queued.
             run.stored_by_status = stored_events(kind, database_url)
@@ -384,15 +397,21 @@ def summarize(runs: Sequence[Run], databases: Sequence[str]) -> list[dict[str, A
             s: sorted(
                 (r for r in runs if r.database == kind and r.server == s), key=lambda r: r.round
             )
-            for s in SERVERS
+            for s in (*SERVERS, BASELINE)
         }
         bare_rps = {r.round: r.measured.requests_per_s for r in by_server["bare"]}
-        for server in SERVERS:
+        baseline_rps = {r.round: r.measured.requests_per_s for r in by_server[BASELINE]}
+        for server in (*SERVERS, BASELINE):
             mine = by_server[server]
             if not mine:
                 continue
             ratios = [
                 r.measured.requests_per_s / bare_rps[r.round] for r in mine if bare_rps.get(r.round)
+            ]
+            against_baseline = [
+                r.measured.requests_per_s / baseline_rps[r.round]
+                for r in mine
+                if baseline_rps.get(r.round)
             ]
             acknowledged = [r.acknowledged for r in mine if r.acknowledged is not None]
             stored = [r.stored for r in mine if r.stored is not None]
@@ -404,7 +423,10 @@ def summarize(runs: Sequence[Run], databases: Sequence[str]) -> list[dict[str, A
                     "median_rps": _median([r.measured.requests_per_s for r in mine]),
                     "median_p50_ms": _median([r.measured.p50_ms for r in mine]),
                     "median_p99_ms": _median([r.measured.p99_ms for r in mine]),
-                    "ratio": _median(ratios) if server == "ours" and ratios else None,
+                    "ratio": _median(ratios) if server in OUR_SERVERS and ratios else None,
+                    "vs_baseline": (
+                        _median(against_baseline) if server == "ours" and against_baseline else None
+                    ),
                     "non2xx": sum(
                         r.measured.non2xx + (r.warmup.non2xx if r.warmup else 0) for r in mine
                     ),
@@ -452,6 +474,7 @@ def markdown(rows: Sequence[dict[str, Any]], connections: int) -> str:
                 f"{row['median_p50_ms']:.2f}",
                 f"{row['median_p99_ms']:.2f}",
                 ratio,
+                "-" if row.get("vs_baseline") is None else f"{row['vs_baseline']:.0%}",
                 row["non2xx"],
                 row["socket_errors"],
                 durability,
@@ -464,11 +487,12 @@ def markdown(rows: Sequence[dict[str, Any]], connections: int) -> str:
         "median p50 (ms)",
         "median p99 (ms)",
         "ours/bare",
+        "ours/baseline",
         "non-2xx",
         "socket errors",
         "acknowledged / stored",
     ]
-    lines = [*_table(header, "llrrrrrrl", body), ""]
+    lines = [*_table(header, "llrrrrrrrl", body), ""]
     for row in rows:
         if row["server"] != "ours":
             continue
@@ -586,6 +610,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--results", type=Path, default=RESULTS, help="directory for the JSON results"
     )
+    parser.add_argument(
+        "--baseline-tree",
+        metavar="DIR",
+        help="also run our server from this checkout (say `git worktree add DIR <commit>`) in "
+        "every round, and report ours/baseline",
+    )
     args = parser.parse_args(argv)
     args.database_list = [d.strip() for d in args.databases.split(",") if d.strip()]
     unknown = set(args.database_list) - {"sqlite", "postgres"}
@@ -646,7 +676,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             environment["postgres"] = pg_settings(args.pg_admin_url)
         for kind in args.database_list:
             for round_number in range(1, args.rounds + 1):
-                for server in SERVERS:
+                servers = [*SERVERS, BASELINE] if args.baseline_tree else list(SERVERS)
+                # ABBA: the order flips each round, so drift hurts no server.
+                for server in servers if round_number % 2 else reversed(servers):
                     run = one_run(kind, server, round_number, wrk, events, workdir, args)
                     runs.append(run)
                     m = run.measured

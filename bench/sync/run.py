@@ -57,6 +57,10 @@ RESULT_MARKER = "BENCH_RESULT "
 PARTS = ("throughput", "ratelimit", "memory")
 PART_ALIASES = {"a": "throughput", "b": "ratelimit", "c": "memory"}
 TOOLS = ("ours", "dlt")
+# With --baseline-tree: our command from another checkout (an earlier commit), in the same
+# rounds, so a change is measured against what it changed, side by side.
+BASELINE = "baseline"
+OUR_COMMANDS = ("ours", BASELINE)
 # A benchmark-only dependency: the runner installs it into this interpreter when missing.
 DLT_REQUIREMENT = "dlt[sqlalchemy,postgres]>=1.31,<2"
 PAGE_SIZE = 100  # the API's largest page; ours and dlt both ask for it
@@ -410,8 +414,18 @@ def ours_env(url: str, base_url: str, args: argparse.Namespace) -> dict[str, str
     }
 
 
-def migrate(url: str, base_url: str, workdir: Path, args: argparse.Namespace) -> None:
-    env = {**_base_env(), **ours_env(url, base_url, args)}
+def tree_env(tool: str, args: argparse.Namespace) -> dict[str, str]:
+    """The baseline's command runs this repository's entry point on the other checkout's
+    code: its directory goes first on the module path."""
+    if tool != BASELINE:
+        return {}
+    return {"PYTHONPATH": str(Path(args.baseline_tree).resolve())}
+
+
+def migrate(
+    url: str, base_url: str, workdir: Path, args: argparse.Namespace, tool: str = "ours"
+) -> None:
+    env = {**_base_env(), **ours_env(url, base_url, args), **tree_env(tool, args)}
     done = subprocess.run(
         [str(BIN / "healthdock-mirror"), "migrate"],
         env=env,
@@ -425,10 +439,17 @@ def migrate(url: str, base_url: str, workdir: Path, args: argparse.Namespace) ->
 
 
 def run_ours(
-    url: str, fake: Fake, workdir: Path, label: str, args: argparse.Namespace, **options: Any
+    url: str,
+    fake: Fake,
+    workdir: Path,
+    label: str,
+    args: argparse.Namespace,
+    tool: str = "ours",
+    **options: Any,
 ) -> Measured:
-    """``healthdock-mirror sync patients`` into ``url``, already migrated."""
-    env = ours_env(url, fake.base_url, args)
+    """``healthdock-mirror sync patients`` into ``url``, already migrated (``tool``: ours, or
+    the baseline checkout's)."""
+    env = {**ours_env(url, fake.base_url, args), **tree_env(tool, args)}
     # Wide enough that the command's summary table in the log is readable.
     full_env = {**_base_env(), **env, "COLUMNS": "160"}
     return run_measured(
@@ -539,6 +560,8 @@ def part_throughput(
     args: argparse.Namespace, workdir: Path, dlt_problem: str | None, out: dict[str, Any]
 ) -> list[ThroughputRun]:
     tools = [t for t in TOOLS if t == "ours" or dlt_problem is None]
+    if args.baseline_tree:
+        tools.insert(1, BASELINE)
     runs: list[ThroughputRun] = out.setdefault("runs", [])
     for scenario, patients, latency in throughput_scenarios(args):
         tag = "plain" if latency is None else "latency"
@@ -570,12 +593,13 @@ def throughput_run(
     scenario, tag = scenario_and_tag
     label = f"a-{tag}-{kind}-{round_number}-{tool}"
     url = fresh_database(kind, workdir, label, args)
-    if tool == "ours":
-        migrate(url, fake.base_url, workdir, args)  # setup, not timed: dlt creates its tables
+    if tool in OUR_COMMANDS:
+        # setup, not timed: dlt creates its tables
+        migrate(url, fake.base_url, workdir, args, tool)
     stats_before, cpu_before = fake.stats(), fake.cpu_s()
     loadavg = os.getloadavg()
-    if tool == "ours":
-        measured = run_ours(url, fake, workdir, label, args)
+    if tool in OUR_COMMANDS:
+        measured = run_ours(url, fake, workdir, label, args, tool)
         table = "patients"
     else:
         # sqlite:///<file> goes to dlt's sqlalchemy destination, postgresql:// to postgres.
@@ -585,7 +609,7 @@ def throughput_run(
     fake_cpu = fake.cpu_s() - cpu_before
     requests = fake.stats()["requests"] - stats_before["requests"]
     rows = count_rows(kind, url, table)
-    sync_run = last_sync_run(kind, url) if tool == "ours" and rows is not None else {}
+    sync_run = last_sync_run(kind, url) if tool in OUR_COMMANDS and rows is not None else {}
     error = None
     if measured.returncode != 0 or measured.timed_out:
         why = "timed out" if measured.timed_out else f"exited with {measured.returncode}"
@@ -632,7 +656,8 @@ def summarize_throughput(runs: Sequence[ThroughputRun]) -> list[dict[str, Any]]:
     for scenario, kind in keys:
         mine = [r for r in runs if r.scenario == scenario and r.database == kind]
         dlt_rate = {r.round: r.records_per_s for r in mine if r.tool == "dlt"}
-        for tool in TOOLS:
+        baseline_rate = {r.round: r.records_per_s for r in mine if r.tool == BASELINE}
+        for tool in (*TOOLS, BASELINE):
             tool_runs = [r for r in mine if r.tool == tool]
             if not tool_runs:
                 continue
@@ -641,6 +666,11 @@ def summarize_throughput(runs: Sequence[ThroughputRun]) -> list[dict[str, Any]]:
                 r.records_per_s / baseline
                 for r in ok
                 if r.records_per_s is not None and (baseline := dlt_rate.get(r.round))
+            ]
+            against_baseline = [
+                r.records_per_s / baseline
+                for r in ok
+                if r.records_per_s is not None and (baseline := baseline_rate.get(r.round))
             ]
             rows.append(
                 {
@@ -657,7 +687,10 @@ def summarize_throughput(runs: Sequence[ThroughputRun]) -> list[dict[str, Any]]:
                     ),
                     "median_cpu_s": _median([r.measured.cpu_s for r in ok]),
                     "median_requests": _median([float(r.requests) for r in ok]),
-                    "ratio": _median(ratios) if tool == "ours" and ratios else None,
+                    "ratio": _median(ratios) if tool in OUR_COMMANDS and ratios else None,
+                    "vs_baseline": (
+                        _median(against_baseline) if tool == "ours" and against_baseline else None
+                    ),
                     "log_problems": sum(len(r.log_problems) for r in tool_runs),
                 }
             )
@@ -694,6 +727,7 @@ def report_throughput(
             _fmt(r["median_cpu_s"]),
             _fmt(r["median_requests"], 0),
             "-" if r["ratio"] is None else f"{r['ratio']:.2f}x",
+            "-" if r.get("vs_baseline") is None else f"{r['vs_baseline']:.2f}x",
         ]
         for r in rows
     ]
@@ -709,8 +743,9 @@ def report_throughput(
         "median CPU (s)",
         "requests",
         "ours/dlt",
+        "ours/baseline",
     ]
-    lines += [*_table(header, "llrlrrrrrrr", body), ""]
+    lines += [*_table(header, "llrlrrrrrrrr", body), ""]
     if dlt_problem:
         lines.append(f"- dlt NOT RUN: {dlt_problem}. Ours alone; no ratio.")
     for r in rows:
@@ -1171,6 +1206,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--latency-patients", type=int, default=20_000, help="patients, latency scenario"
     )
     group.add_argument("--no-dlt", action="store_true", help="run ours alone")
+    group.add_argument(
+        "--baseline-tree",
+        metavar="DIR",
+        help="also run our command from this checkout (say `git worktree add DIR <commit>`) in "
+        "every round, and report ours/baseline",
+    )
     group = parser.add_argument_group("(b) rate limit")
     group.add_argument("--rl-patients", type=int, default=10_000, help="patients (100 a page)")
     group.add_argument("--rl-limit", type=int, default=60, help="requests per window")

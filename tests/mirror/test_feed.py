@@ -15,19 +15,20 @@ from sqlalchemy import Engine, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from mirror.database import create_mirror_engine, write_transaction
-from mirror.eventlog import APPLIED, RECONCILE, WEBHOOK, IncomingEvent, Outcome, store_events
+from mirror.eventlog import IncomingEvent, Outcome, store_events
 from mirror.events import parse_event
 from mirror.feed import FeedError, decode_cursor, encode_cursor, read_feed
 from mirror.ingest import ingest
 from mirror.migrate import upgrade
 from mirror.schema import webhook_events
+from mirror.states import EventSource, EventStatus
 from tests.factories import appointment, encode, event, patient
 
 TYPES = ["patient.created", "patient.updated", "appointment.created", "invoice.paid"]
 _records = itertools.count(1)
 
 
-def incoming(event_type: str, source: str = WEBHOOK) -> IncomingEvent:
+def incoming(event_type: str, source: str = EventSource.WEBHOOK) -> IncomingEvent:
     number = next(_records)
     data = appointment(f"APT{number}") if event_type.startswith("appointment") else patient()
     document = event(event_type, {**data, "patient_id": f"PAT{number}"})
@@ -144,11 +145,12 @@ def test_a_type_filter_examines_a_bounded_number_of_events_per_read(engine: Engi
 def test_event_fields_and_payload(engine: Engine) -> None:
     item = incoming("patient.created")
     [seq] = write_transaction(
-        engine, lambda c: list(store_events(c, [(item, Outcome(APPLIED, "created"))]).values())
+        engine,
+        lambda c: list(store_events(c, [(item, Outcome(EventStatus.APPLIED, "created"))]).values()),
     )
-    reconciled = incoming("patient.updated", source=RECONCILE)
+    reconciled = incoming("patient.updated", source=EventSource.RECONCILE)
     write_transaction(
-        engine, lambda c: store_events(c, [(reconciled, Outcome(APPLIED, "updated"))])
+        engine, lambda c: store_events(c, [(reconciled, Outcome(EventStatus.APPLIED, "updated"))])
     )
     page = read_feed(engine, "0")
     while len(page.events) < 2:  # PostgreSQL: another test's open transaction may hold it back
@@ -156,7 +158,7 @@ def test_event_fields_and_payload(engine: Engine) -> None:
     first, second = page.events
     assert first.seq == seq
     assert (first.source, first.event_type, first.status, first.effect) == (
-        WEBHOOK,
+        EventSource.WEBHOOK,
         "patient.created",
         "applied",
         "created",
@@ -167,7 +169,7 @@ def test_event_fields_and_payload(engine: Engine) -> None:
     assert first.version == item.event.write.version  # type: ignore[union-attr]
     assert first.received_at == item.received_at
     assert first.payload == json.loads(item.body)
-    assert (second.source, second.event_type) == (RECONCILE, "patient.updated")
+    assert (second.source, second.event_type) == (EventSource.RECONCILE, "patient.updated")
 
 
 def test_a_pruned_payload_is_null_and_the_event_stays_in_the_feed(engine: Engine) -> None:
@@ -226,7 +228,9 @@ def test_an_open_writer_holds_the_feed_back_instead_of_being_skipped(postgres_ur
         assert seen == [before]
         with engine.connect() as t1:
             t1.begin()
-            [seq_t1] = store_events(t1, [(incoming("patient.updated"), Outcome(APPLIED))]).values()
+            [seq_t1] = store_events(
+                t1, [(incoming("patient.updated"), Outcome(EventStatus.APPLIED))]
+            ).values()
             [seq_t2] = write(engine, ["patient.updated"])
             assert seq_t1 < seq_t2
 

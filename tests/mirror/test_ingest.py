@@ -9,10 +9,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, delete, select
 
-from mirror.eventlog import WEBHOOK, IncomingEvent, dedup_key
+from mirror.eventlog import IncomingEvent, dedup_key
 from mirror.events import parse_event
 from mirror.ingest import ingest
 from mirror.schema import appointments, patients, webhook_events
+from mirror.states import EventSource
 from tests.factories import TIMESTAMPS, appointment, encode, event, patient
 from tests.support.stored_events import refuse_patient
 
@@ -21,7 +22,7 @@ def incoming(document: dict[str, Any]) -> IncomingEvent:
     body = encode(document)
     parsed = parse_event(document)
     return IncomingEvent(
-        WEBHOOK, dedup_key(parsed.event_id, body), parsed, body, [], datetime.now(UTC)
+        EventSource.WEBHOOK, dedup_key(parsed.event_id, body), parsed, body, [], datetime.now(UTC)
     )
 
 

@@ -14,14 +14,15 @@ from sqlalchemy import Engine, delete, func, select
 
 from fake_healthdock import FakeHealthDock
 from mirror.database import read_transaction
-from mirror.eventlog import PENDING, Outcome, store_events
+from mirror.eventlog import Outcome, store_events
 from mirror.events import Resource
 from mirror.feed import read_feed
 from mirror.ingest import ingest
 from mirror.replay import ReplayedEvent, Selection, SelectionError, replay
 from mirror.retention import prune_event_payloads
 from mirror.schema import appointments, patients, webhook_events
-from sync.reconcile import PassOptions, reconcile
+from mirror.states import EventStatus
+from sync import PassOptions, reconcile
 from tests.factories import TIMESTAMPS, event, patient
 from tests.support.stored_events import (
     events_by_seq,
@@ -174,7 +175,7 @@ def test_a_payload_that_no_longer_parses_fails_with_a_reason(engine: Engine) -> 
 
 def store_events_pending(engine: Engine, item: Any) -> None:
     with engine.begin() as connection:
-        store_events(connection, [(item, Outcome(PENDING))])
+        store_events(connection, [(item, Outcome(EventStatus.PENDING))])
 
 
 def test_selection_by_each_selector(engine: Engine) -> None:

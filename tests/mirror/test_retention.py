@@ -9,10 +9,11 @@ import pytest
 from sqlalchemy import Engine, update
 
 from config import SettingsError, load_settings
-from mirror.eventlog import PENDING, Outcome, store_events
+from mirror.eventlog import Outcome, store_events
 from mirror.ingest import ingest
 from mirror.retention import prune_event_payloads
 from mirror.schema import webhook_events
+from mirror.states import EventStatus
 from sync.schedule import RETENTION_JOB, build_scheduler
 from tests.conftest import make_settings
 from tests.factories import event, patient
@@ -42,7 +43,8 @@ def _one_of_each(engine: Engine) -> dict[str, int]:
     fix_the_cause(engine)
     with engine.begin() as connection:
         store_events(
-            connection, [(incoming(event("patient.updated", patient("LATER"))), Outcome(PENDING))]
+            connection,
+            [(incoming(event("patient.updated", patient("LATER"))), Outcome(EventStatus.PENDING))],
         )
     by_status = {row.status: seq for seq, row in events_by_seq(engine).items()}
     assert set(by_status) == {"applied", "failed", "ignored", "pending"}

@@ -21,12 +21,13 @@ from sqlalchemy.engine import Connection
 from examples.feed_consumer import catch_up, load_cursor
 from fake_healthdock import FakeHealthDock
 from mirror.database import write_transaction
-from mirror.eventlog import APPLIED, RECONCILE, WEBHOOK, IncomingEvent, Outcome, store_events
+from mirror.eventlog import IncomingEvent, Outcome, store_events
 from mirror.events import Resource, parse_event
 from mirror.ingest import ingest
 from mirror.schema import webhook_events
+from mirror.states import EventSource, EventStatus
 from receiver import create_app
-from sync.reconcile import PassOptions, reconcile
+from sync import PassOptions, reconcile
 from tests.conftest import make_settings
 from tests.factories import appointment, encode, event, patient, signed
 from tests.sync.conftest import API_KEY, Upstream
@@ -67,14 +68,14 @@ def store_reconcile_events(engine: Engine, count: int) -> list[int]:
         number = next(_numbers)
         document = event("patient.updated", patient(f"PATR{number}"), event_id=None)
         item = IncomingEvent(
-            RECONCILE,
+            EventSource.RECONCILE,
             f"test-run:{number}",
             parse_event(document),
             encode(document),
             [],
             datetime.now(UTC),
         )
-        items.append((item, Outcome(APPLIED, "updated")))
+        items.append((item, Outcome(EventStatus.APPLIED, "updated")))
     return sorted(write_transaction(engine, lambda c: store_events(c, items)).values())
 
 
@@ -137,7 +138,7 @@ def test_paging_returns_every_event_once_in_order_and_the_cursor_rests(
     assert head["event_timestamp"] == first["timestamp"]
     assert head["version"]
     assert datetime.fromisoformat(head["received_at"]).tzinfo is not None
-    assert [item["source"] for item in events[-3:]] == [RECONCILE] * 3
+    assert [item["source"] for item in events[-3:]] == [EventSource.RECONCILE] * 3
 
     # Nothing new: the same cursor comes back, with nothing, however often one asks.
     for _ in range(2):
@@ -289,7 +290,7 @@ def test_changes_a_reconcile_found_are_in_the_feed(
     asyncio.run(run_pass())
     truth = {str(record["id"]): record for record in upstream.records(Resource.PATIENT)}
     events, _ = read_until(feed_client, "0", len(truth), limit=9)
-    assert {item["source"] for item in events} == {RECONCILE}
+    assert {item["source"] for item in events} == {EventSource.RECONCILE}
     assert {item["event_type"] for item in events} == {"patient.created"}
     assert {item["record_id"]: item["payload"]["data"] for item in events} == truth
 
@@ -324,7 +325,7 @@ def test_no_event_is_skipped_or_repeated_under_concurrent_writers(postgres_url: 
         # others commit higher seqs meanwhile, so a seq-ordered feed would skip this one.
         def store_then_linger(connection: Connection) -> int:
             item = _incoming(event("patient.updated", patient(f"PATSLOW{next(_numbers)}")))
-            store_events(connection, [(item, Outcome(APPLIED, "updated"))])
+            store_events(connection, [(item, Outcome(EventStatus.APPLIED, "updated"))])
             connection.execute(text("SELECT pg_sleep(0.02)"))
             return 1
 
@@ -366,7 +367,12 @@ def test_no_event_is_skipped_or_repeated_under_concurrent_writers(postgres_url: 
 def _incoming(document: dict[str, Any]) -> IncomingEvent:
     body = encode(document)
     return IncomingEvent(
-        WEBHOOK, f"id:{document['id']}", parse_event(document), body, [], datetime.now(UTC)
+        EventSource.WEBHOOK,
+        f"id:{document['id']}",
+        parse_event(document),
+        body,
+        [],
+        datetime.now(UTC),
     )
 
 

@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mirror.eventlog import WEBHOOK, IncomingEvent, dedup_key
+from mirror.eventlog import IncomingEvent, dedup_key
 from mirror.events import parse_event, unreadable_event
+from mirror.states import EventSource
 from receiver import frames
 from tests.factories import appointment, encode, event, patient
 
@@ -27,7 +28,12 @@ def _sent(document: dict[str, object], received: datetime) -> IncomingEvent:
     body = encode(document)
     parsed = parse_event(document)
     return IncomingEvent(
-        WEBHOOK, dedup_key(parsed.event_id, body), parsed, body, [("x-a", "b")], received
+        EventSource.WEBHOOK,
+        dedup_key(parsed.event_id, body),
+        parsed,
+        body,
+        [("x-a", "b")],
+        received,
     )
 
 
@@ -43,8 +49,8 @@ def test_an_event_round_trips_through_the_pipe(document: dict[str, object], micr
 def test_an_unreadable_event_keeps_its_reason() -> None:
     body = b"<html>"
     item = IncomingEvent(
-        WEBHOOK, dedup_key(None, body), unreadable_event(body), body, [], datetime.now(UTC),
-        unreadable="body is not valid JSON",
+        EventSource.WEBHOOK, dedup_key(None, body), unreadable_event(body), body, [],
+        datetime.now(UTC), unreadable="body is not valid JSON",
     )  # fmt: skip
     [frame] = frames.decode_batch(frames.encode_batch([frames.frame_of(item)]))
     assert frames.incoming_of(frame) == item

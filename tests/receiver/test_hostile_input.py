@@ -38,10 +38,11 @@ from litestar.testing import TestClient
 from sqlalchemy import Engine, func, select
 
 from mirror.database import create_mirror_engine, write_transaction
-from mirror.eventlog import APPLIED, WEBHOOK, IncomingEvent, Outcome, store_events
+from mirror.eventlog import IncomingEvent, Outcome, store_events
 from mirror.events import EVENT_TYPES, parse_event
 from mirror.migrate import upgrade
 from mirror.schema import webhook_events
+from mirror.states import EventSource, EventStatus
 from receiver import create_app
 from receiver.signature import SIGNATURE_HEADER, sign, stringify
 from tests.conftest import BACKENDS, make_settings, postgres_schema
@@ -663,10 +664,10 @@ def test_the_feed_serves_events_stored_nested_too_deep_to_encode(target: Target)
     depths = [70, *range(limit - 120, limit + 5, 5)]
     parsed = parse_event(event("patient.created", {"patient_id": "PD"}))
     incoming = [
-        IncomingEvent(WEBHOOK, f"id:deep{depth}", parsed, _nested(depth), [], _now())
+        IncomingEvent(EventSource.WEBHOOK, f"id:deep{depth}", parsed, _nested(depth), [], _now())
         for depth in depths
     ]
-    items = [(item, Outcome(APPLIED, "created")) for item in incoming]
+    items = [(item, Outcome(EventStatus.APPLIED, "created")) for item in incoming]
     stored = write_transaction(target.engine, lambda connection: store_events(connection, items))
     after_them = encode(event("patient.created", patient()))
     answer = target.post(after_them, signed(after_them))

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 
 from config import Settings
 from fake_healthdock import FakeHealthDock, serve_in_thread
+from mirror import leases, runs
 from mirror.database import create_mirror_engine, write_transaction
 from mirror.events import Resource
 from mirror.migrate import upgrade
@@ -27,7 +28,6 @@ from mirror.schema import sync_runs
 from mirror.states import RunKind, RunOutcome
 from receiver import create_app
 from receiver.metrics import Metrics
-from sync import runs
 from sync.job import run_reconcile
 from sync.schedule import running_scheduler
 from tests.conftest import make_settings
@@ -178,13 +178,13 @@ def test_sync_metrics_are_read_from_the_database(database_url: str, engine: Engi
     with TestClient(create_app(settings)) as client:
         samples = scrape(client)
         write_transaction(
-            engine, functools.partial(runs.acquire_lease, name="reconcile",
+            engine, functools.partial(leases.acquire_lease, name="reconcile",
                                       holder="worker-host:4242", ttl_seconds=60)
         )  # fmt: skip
         held = scrape(client)
         write_transaction(
             engine,
-            functools.partial(runs.release_lease, name="reconcile", holder="worker-host:4242"),
+            functools.partial(leases.release_lease, name="reconcile", holder="worker-host:4242"),
         )
         released = scrape(client)
 

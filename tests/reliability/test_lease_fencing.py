@@ -25,6 +25,7 @@ from fake_healthdock import FakeHealthDock, Faults, serve_in_thread
 from mirror.database import create_mirror_engine
 from mirror.migrate import upgrade
 from mirror.schema import leases, sync_runs
+from tests.support.runs import run_outcome
 from tests.support.services import worker
 from tests.support.waiting import wait_for
 
@@ -102,15 +103,6 @@ def _writes(engine: Engine) -> list[tuple[int, int, int | None, str]]:
     return [(int(r[0]), int(r[1]), None if r[2] is None else int(r[2]), str(r[3])) for r in rows]
 
 
-def _outcome(engine: Engine, run_id: int) -> str:
-    with engine.connect() as connection:
-        return str(
-            connection.execute(
-                select(sync_runs.c.outcome).where(sync_runs.c.id == run_id)
-            ).scalar_one()
-        )
-
-
 def test_a_frozen_lease_holder_writes_nothing_after_its_successor_took_over(
     database_url: str, engine: Engine, tmp_path: Path
 ) -> None:
@@ -150,7 +142,7 @@ def test_a_frozen_lease_holder_writes_nothing_after_its_successor_took_over(
             finally:
                 os.killpg(victim.pid, signal.SIGCONT)
             wait_for(
-                lambda: _outcome(engine, run_id) == "success" or None,
+                lambda: run_outcome(engine, run_id) == "success" or None,
                 f"the pass was not finished:\n{survivor.output()[-3000:]}",
             )
             wait_for(

@@ -31,6 +31,7 @@ from mirror.migrate import upgrade
 from mirror.schema import appointments, leases, patients, sync_runs, webhook_events
 from tests.factories import event, patient
 from tests.support.load import Load, new_patients
+from tests.support.runs import run_outcome
 from tests.support.services import Service, serve, worker
 from tests.support.waiting import wait_for
 
@@ -152,15 +153,6 @@ def _running_pass(engine: Engine) -> tuple[int, str] | None:
     return int(run.id), str(holder)
 
 
-def _outcome(engine: Engine, run_id: int) -> str:
-    with engine.connect() as connection:
-        return str(
-            connection.execute(
-                select(sync_runs.c.outcome).where(sync_runs.c.id == run_id)
-            ).scalar_one()
-        )
-
-
 def _passes_started_after(
     engine: Engine, moment: datetime, resources: set[str] | None = None
 ) -> set[str] | None:
@@ -234,7 +226,7 @@ def test_a_killed_lease_holder_is_taken_over_and_its_pass_resumed(
             # HealthDock changes while nobody reconciles: the next passes must heal it.
             httpx.post(f"{base_url}/_fake/mutate", json={"count": 20}).raise_for_status()
             wait_for(
-                lambda: _outcome(engine, run_id) == "success" or None,
+                lambda: run_outcome(engine, run_id) == "success" or None,
                 f"the killed pass was not resumed:\n{survivor.output()[-3000:]}",
             )
             wait_for(
@@ -336,7 +328,7 @@ def test_a_paused_lease_holder_stops_once_it_finds_its_lease_taken_over(
             finally:
                 os.killpg(victim.pid, signal.SIGCONT)
             wait_for(
-                lambda: _outcome(engine, run_id) == "success" or None,
+                lambda: run_outcome(engine, run_id) == "success" or None,
                 f"the pass was not finished:\n{survivor.output()[-3000:]}",
             )
             # Time for the woken holder to misbehave: the rest of the reconcile, appointments.

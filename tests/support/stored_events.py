@@ -7,9 +7,10 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from mirror.eventlog import WEBHOOK, IncomingEvent, dedup_key
+from mirror.eventlog import IncomingEvent, dedup_key
 from mirror.events import parse_event
 from mirror.schema import appointments, patients, sync_runs, webhook_events
+from mirror.states import EventSource
 from tests.factories import encode
 
 
@@ -20,7 +21,12 @@ def incoming(
     raw = encode(document) if body is None else body
     parsed = parse_event(document)
     return IncomingEvent(
-        WEBHOOK, dedup_key(parsed.event_id, raw), parsed, raw, [], received_at or datetime.now(UTC)
+        EventSource.WEBHOOK,
+        dedup_key(parsed.event_id, raw),
+        parsed,
+        raw,
+        [],
+        received_at or datetime.now(UTC),
     )
 
 

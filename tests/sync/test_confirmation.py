@@ -19,10 +19,10 @@ import msgspec
 import pytest
 from sqlalchemy import Engine, select
 
-from mirror.eventlog import RECONCILE
 from mirror.events import Resource
 from mirror.schema import appointments, patients, webhook_events
-from sync.reconcile import PassOptions, PassResult, reconcile
+from mirror.states import EventSource
+from sync import PassOptions, PassResult, reconcile
 from tests.sync.conftest import Upstream, mirror_of, truth_of
 
 OPTIONS = PassOptions(page_size=100, concurrency=4, mass_delete_floor=10)
@@ -146,7 +146,7 @@ def test_a_deleted_appointment_is_tombstoned_by_the_second_pass_that_misses_it(
     with engine.connect() as connection:
         logged = connection.execute(
             select(webhook_events.c.event_type).where(
-                webhook_events.c.source == RECONCILE, webhook_events.c.record_id == gone
+                webhook_events.c.source == EventSource.RECONCILE, webhook_events.c.record_id == gone
             )
         ).scalars()
         # Created by the first pass (from an empty mirror), deleted by the third.

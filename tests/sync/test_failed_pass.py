@@ -11,7 +11,7 @@ from sqlalchemy import Engine, select
 
 from mirror.events import Resource
 from mirror.schema import sync_runs
-from sync.reconcile import PassOptions, PassResult, reconcile
+from sync import PassOptions, PassResult, reconcile
 from tests.sync.conftest import Upstream, mirror_of, truth_of
 
 OPTIONS = PassOptions(page_size=100, concurrency=2)

@@ -8,7 +8,7 @@ import time
 from sqlalchemy import Engine
 
 from mirror.database import create_mirror_engine, write_transaction
-from sync.runs import acquire_lease, lease_holder, release_lease
+from mirror.leases import acquire_lease, lease_holder, release_lease
 
 
 def take(engine: Engine, holder: str, ttl: float = 60.0) -> bool:

@@ -8,10 +8,10 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from mirror.database import write_transaction
-from mirror.eventlog import RECONCILE
 from mirror.events import Resource
 from mirror.schema import patients, sync_runs, webhook_events
-from sync.reconcile import PassOptions, PassResult, reconcile
+from mirror.states import EventSource
+from sync import PassOptions, PassResult, reconcile
 from tests.sync.conftest import Upstream, mirror_of, truth_of
 
 pytestmark = pytest.mark.usefixtures("engine")
@@ -52,7 +52,7 @@ def test_missed_webhooks_are_healed_and_counted(engine: Engine, upstream: Upstre
     with engine.connect() as connection:
         healed = connection.execute(
             select(webhook_events.c.record_id, webhook_events.c.event_type).where(
-                webhook_events.c.source == RECONCILE
+                webhook_events.c.source == EventSource.RECONCILE
             )
         ).all()
         run = connection.execute(select(sync_runs).where(sync_runs.c.id == result.run_id)).one()

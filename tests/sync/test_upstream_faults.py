@@ -25,8 +25,8 @@ from sqlalchemy import Engine, func, select
 from fake_healthdock import FakeHealthDock, Faults, serve_in_thread
 from mirror.events import Resource
 from mirror.schema import appointments, patients, sync_runs
+from sync import PassOptions, PassResult, reconcile
 from sync.client import HealthDockClient
-from sync.reconcile import PassOptions, PassResult, reconcile
 from tests.sync.conftest import API_KEY as UPSTREAM_API_KEY
 from tests.sync.conftest import Upstream, mirror_of, truth_of
 

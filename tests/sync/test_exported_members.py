@@ -1,0 +1,18 @@
+"""The reconciler's public surface: what the command line uses."""
+
+from __future__ import annotations
+
+import sync
+
+
+def test_exported_members() -> None:
+    assert len(sync.__all__) == len(set(sync.__all__))
+    assert sorted(sync.__all__) == sorted(
+        [
+            "HealthDockClient", "LeaseHeld", "LeaseLost", "PassOptions", "PassResult",
+            "UpstreamError", "api_client", "pass_options", "reconcile", "refresh",
+            "run_reconcile", "run_refresh", "running_scheduler"
+        ]
+    )  # fmt: skip
+    for name in sync.__all__:
+        assert getattr(sync, name) is not None
