@@ -17,7 +17,11 @@ from sqlalchemy import Engine
 
 from config import ConfigurationError, Settings, SettingsError, configure_logging, load_settings
 from mirror import (
+    REPLAY_SKIPPED,
+    REPLAYABLE_SOURCES,
     DatabaseUnavailable,
+    Effect,
+    EventStatus,
     Resource,
     SchemaNotCurrent,
     create_mirror_engine,
@@ -283,14 +287,14 @@ def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
 
 # What each outcome means, for the summary (same order as printed).
 _REPLAY_OUTCOMES = {
-    "created": "record created",
-    "updated": "record updated",
-    "deleted": "record tombstoned",
-    "restored": "tombstoned record restored",
-    "stale": "no change: the mirror already has this or a newer version",
-    "ignored": "event type not supported (kept for a later replay)",
-    "failed": "could not be applied (see its error)",
-    "skipped": "payload removed by retention: cannot replay",
+    Effect.CREATED: "record created",
+    Effect.UPDATED: "record updated",
+    Effect.DELETED: "record tombstoned",
+    Effect.RESTORED: "tombstoned record restored",
+    Effect.STALE: "no change: the mirror already has this or a newer version",
+    EventStatus.IGNORED: "event type not supported (kept for a later replay)",
+    EventStatus.FAILED: "could not be applied (see its error)",
+    REPLAY_SKIPPED: "payload removed by retention: cannot replay",
 }
 
 
@@ -308,11 +312,13 @@ _REPLAY_OUTCOMES = {
     "--status",
     "statuses",
     multiple=True,
-    type=click.Choice(["pending", "applied", "ignored", "failed"]),
+    type=click.Choice([status.value for status in EventStatus]),
     help="Stored status (repeatable), e.g. failed.",
 )
 @click.option(
-    "--source", type=click.Choice(["webhook", "reconcile"]), help="Where events came from."
+    "--source",
+    type=click.Choice([source.value for source in REPLAYABLE_SOURCES]),
+    help="Where events came from.",
 )
 @click.option(
     "--seq",
@@ -362,7 +368,7 @@ def replay(
         raise click.UsageError(str(error)) from None
 
     def show(event: ReplayedEvent) -> None:
-        if quiet and event.outcome not in ("failed", "skipped"):
+        if quiet and event.outcome not in (EventStatus.FAILED, REPLAY_SKIPPED):
             return
         record = f"{event.resource}/{event.record_id}" if event.record_id else "-"
         line = f"seq {event.seq}  {event.event_type}  {record}  {event.previous_status} -> "

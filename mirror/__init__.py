@@ -59,7 +59,15 @@ from mirror.records import (
     record_counts,
     unlisted_records,
 )
-from mirror.replay import ReplayedEvent, ReplaySummary, Selection, SelectionError, replay
+from mirror.replay import (
+    REPLAY_SKIPPED,
+    REPLAYABLE_SOURCES,
+    ReplayedEvent,
+    ReplaySummary,
+    Selection,
+    SelectionError,
+    replay,
+)
 from mirror.retention import prune_event_payloads
 from mirror.states import (
     LOSS_KINDS,
@@ -78,6 +86,8 @@ __all__ = [
     "EVENT_TYPES",
     "LOSS_KINDS",
     "MAX_LIMIT",
+    "REPLAYABLE_SOURCES",
+    "REPLAY_SKIPPED",
     "UNSETTLED",
     "Action",
     "DatabaseUnavailable",

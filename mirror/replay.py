@@ -47,8 +47,8 @@ log = logging.getLogger(__name__)
 
 STATUSES = tuple(EventStatus)
 # A replay's own events record what it changed: they are fed, never replayed again.
-SOURCES = (EventSource.WEBHOOK, EventSource.RECONCILE)
-SKIPPED = "skipped"
+REPLAYABLE_SOURCES = (EventSource.WEBHOOK, EventSource.RECONCILE)
+REPLAY_SKIPPED = "skipped"
 """Not a stored status: the event's payload was removed by retention, so it cannot replay."""
 
 DEFAULT_BATCH_SIZE = 200
@@ -90,7 +90,7 @@ class Selection:
         unknown = sorted(set(self.statuses) - set(STATUSES))
         if unknown:
             raise SelectionError(f"unknown status {unknown[0]!r}; use one of {', '.join(STATUSES)}")
-        if self.source is not None and self.source not in SOURCES:
+        if self.source is not None and self.source not in REPLAYABLE_SOURCES:
             raise SelectionError(f"unknown source {self.source!r}; use webhook or reconcile")
         for moment in (self.since, self.until):
             if moment is not None and moment.tzinfo is None:
@@ -280,7 +280,7 @@ def _replay_batch(connection: Connection, rows: Sequence[Row[Any]]) -> list[Repl
             record_id=row.record_id, previous_status=row.status, previous_error=row.error,
         )  # fmt: skip
         if row.body is None:
-            results.append(ReplayedEvent(**base, status=SKIPPED, error="payload pruned"))
+            results.append(ReplayedEvent(**base, status=REPLAY_SKIPPED, error="payload pruned"))
             continue
         outcome = decided.get(row.seq) or applied[row.seq]
         changed: tuple[str, ...] = ()

@@ -13,7 +13,8 @@ def test_exported_members() -> None:
     assert len(mirror.__all__) == len(set(mirror.__all__))
     assert sorted(mirror.__all__) == sorted(
         [
-            "Action", "DEFAULT_LIMIT", "DatabaseUnavailable", "EVENT_TYPES", "Effect",
+            "Action", "DEFAULT_LIMIT", "REPLAYABLE_SOURCES", "REPLAY_SKIPPED",
+            "DatabaseUnavailable", "EVENT_TYPES", "Effect",
             "Event", "EventCounts", "EventSource", "EventStatus", "FeedError",
             "FeedEvent", "FeedPage", "IncomingEvent", "LOSS_KINDS", "MAX_LIMIT",
             "Outcome", "PayloadError", "Receipt", "ReceiptStatus", "RecordCounts",
