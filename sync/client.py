@@ -204,7 +204,7 @@ class HealthDockClient:
         try:
             response = await self._http.get(f"{resource.value}s", params=params)
         except BaseException as error:
-            self._settle(None)  # cancelled or failed: nobody may wait for this answer
+            self._settle(None, answered=False)  # cancelled or failed: nobody waits for it
             if not isinstance(error, httpx.TransportError):
                 raise
             self.stats.errors += 1
@@ -255,8 +255,8 @@ class HealthDockClient:
                 answered = self._answered
             await answered.wait()
 
-    def _settle(self, window: RateLimit | None) -> None:
-        self._pacer.settle(window)
+    def _settle(self, window: RateLimit | None, *, answered: bool = True) -> None:
+        self._pacer.settle(window, answered=answered)
         self._answered.set()
 
 

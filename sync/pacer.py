@@ -52,7 +52,8 @@ class Pacer:
     window free). In a window whose budget is unknown (at the start, and once a window has
     reset) one request goes alone, and the rest wait for its answer's headers: another
     client may have spent the new window already, and ``concurrency`` requests sent blind
-    could overdraw it.
+    could overdraw it. An API that answers without rate-limit headers announces no budget:
+    then nothing is paced (a 429's pause still holds) until an answer announces one again.
     """
 
     def __init__(self, reserve: float) -> None:
@@ -66,18 +67,25 @@ class Pacer:
         self._paused_until = 0.0
         self._probing = False  # the one request of an unknown window is unanswered
         self._ended_at = float("-inf")  # the reset of the last window known to have ended
+        # The latest answer carried no rate-limit headers: the API announces no budget.
+        self._unannounced = False
 
-    def settle(self, window: RateLimit | None) -> None:
-        """A request claimed with :meth:`reserve_slot` got its answer (``window``, if it said).
+    def settle(self, window: RateLimit | None, *, answered: bool = True) -> None:
+        """A request claimed with :meth:`reserve_slot` ended: answered (with ``window``, if
+        its headers said one), or not (``answered=False``: it failed or was cancelled).
 
         Answers can arrive out of order: within one window the smallest ``remaining`` is the
         freshest, and a window that ends earlier than the one we know is over.
         """
         self._in_flight = max(0, self._in_flight - 1)
         if window is None:
-            # Perhaps the probe, failed: another request may try (a lone one again).
+            # The probe, if it was, failed or said nothing: another request may try (a lone
+            # one again), unless the API answered without announcing a budget at all.
             self._probing = False
+            if answered and self._window is None:
+                self._unannounced = True
             return
+        self._unannounced = False
         if window.reset_at <= self._ended_at:
             return  # a late answer from a window that has ended says nothing about this one
         self._probing = False
@@ -99,6 +107,9 @@ class Pacer:
             self._forget(window)
             window = None
         if window is None:
+            if self._unannounced:
+                self._in_flight += 1
+                return start - now
             if self._probing:
                 return None
             return self._probe(start, now)

@@ -35,9 +35,29 @@ def test_one_request_alone_again_after_a_window_resets() -> None:
 def test_a_failed_probe_lets_another_request_probe() -> None:
     pacer = Pacer(reserve=0.0)
     assert pacer.reserve_slot(now=100.0) == 0.0
-    pacer.settle(None)  # no headers (a connection error, say)
+    pacer.settle(None, answered=False)  # a connection error, say
     assert pacer.reserve_slot(now=100.0) == 0.0
     assert pacer.reserve_slot(now=100.0) is None
+
+
+def test_an_api_that_announces_no_budget_is_not_paced() -> None:
+    """The probe's answer had no rate-limit headers: nothing is held back after it, until an
+    answer announces a window again."""
+    pacer = Pacer(reserve=0.2)
+    assert pacer.reserve_slot(now=100.0) == 0.0
+    pacer.settle(None)
+    assert [pacer.reserve_slot(now=100.0) for _ in range(5)] == [0.0] * 5
+    pacer.settle(RateLimit(limit=100, remaining=10, reset_at=110.0))
+    # Paced again: 10 left less 5 in flight less the reserve of 20 is nothing of ours.
+    assert pacer.reserve_slot(now=100.0) == pytest.approx(10.0)
+
+
+def test_an_answer_without_headers_in_a_known_window_keeps_the_pacing() -> None:
+    pacer = Pacer(reserve=0.0)
+    pacer.settle(RateLimit(limit=100, remaining=10, reset_at=110.0))
+    assert pacer.reserve_slot(now=100.0) == 0.0
+    pacer.settle(None)  # a 5xx page, say: it need not carry the headers
+    assert pacer.reserve_slot(now=100.0) == pytest.approx(1.0)
 
 
 def test_a_spent_window_is_probed_by_one_request_when_the_next_begins() -> None:
