@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo serve test lint typecheck pytest clean
+.PHONY: install browser demo serve test lint typecheck pytest clean
 
 $(BIN)/healthdock-mirror: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,15 @@ $(BIN)/healthdock-mirror: pyproject.toml
 	touch $@
 
 install: $(BIN)/healthdock-mirror
+
+# Debian's Chromium, which the browser tests (tests/browser/) drive through Playwright: it never
+# downloads a browser of its own. The package list is refreshed once, only if the install fails.
+BROWSER_PACKAGES := chromium chromium-driver
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; else \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y $(BROWSER_PACKAGES) || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(BROWSER_PACKAGES); }; \
+	fi
 
 # The receiver, the scheduler and a local fake HealthDock, on the embedded SQLite default.
 demo: install
@@ -29,7 +38,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-pytest: install
+pytest: install browser
 	$(BIN)/pytest
 
 test: lint typecheck pytest

@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     # Raw payloads of applied events are removed this many days after they were applied;
     # unset keeps them forever. Failed, pending and ignored events always keep theirs.
     event_retention_days: int | None = Field(default=None, gt=0)
+    # Audit rows older than this many days are deleted (daily); unset keeps them forever.
+    audit_retention_days: int | None = Field(default=None, gt=0)
+    # A console session ends after this long without a request.
+    console_session_minutes: float = Field(default=30.0, gt=0, le=24 * 60)
 
     @field_validator("webhook_secret", mode="before")
     @classmethod
@@ -118,7 +122,7 @@ class Settings(BaseSettings):
             raise ValueError("use text or json")
         return log_format
 
-    @field_validator("event_retention_days", mode="before")
+    @field_validator("event_retention_days", "audit_retention_days", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `HEALTHDOCK_EVENT_RETENTION_DAYS=` (as compose files write it) keeps payloads forever.

@@ -3,46 +3,36 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import signal
 import sys
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
 import click
 from sqlalchemy import Engine
 
-from config import ConfigurationError, Settings, SettingsError, configure_logging, load_settings
+from config import ConfigurationError
+from healthdock_mirror.access_commands import audit, token
+from healthdock_mirror.context import configure_logs as _configure_logging
+from healthdock_mirror.context import database as _database
+from healthdock_mirror.context import ensure_schema as _ensure_schema
+from healthdock_mirror.context import existing_mirror as _existing_mirror
+from healthdock_mirror.context import instant as _instant
+from healthdock_mirror.context import settings_or_exit as _settings
 from mirror import (
     REPLAY_SKIPPED,
     REPLAYABLE_SOURCES,
-    DatabaseUnavailable,
     Effect,
     EventStatus,
     Resource,
     SchemaNotCurrent,
-    create_mirror_engine,
     current_revision,
     head_revision,
-    prepare_for_writing,
     require_current,
-    sqlite_file,
     upgrade,
 )
-
-
-def _settings(**overrides: Any) -> Settings:
-    try:
-        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
-    except SettingsError as error:
-        raise click.ClickException(str(error)) from None
-
-
-def _configure_logging(settings: Settings) -> None:
-    configure_logging(settings.log_options)
 
 
 @click.group()
@@ -120,44 +110,6 @@ def worker() -> None:
 
     with _database(settings) as engine:
         asyncio.run(run(engine))
-
-
-def _ensure_schema(settings: Settings) -> None:
-    """Before a command that writes the mirror: the core's rule (mirror.migrate)."""
-    with _database(settings) as engine:
-        try:
-            migrated = prepare_for_writing(engine)
-        except SchemaNotCurrent as error:
-            raise click.ClickException(str(error)) from None
-    if migrated is not None:
-        click.echo(f"migrated the SQLite mirror to {migrated}")
-
-
-@contextlib.contextmanager
-def _database(settings: Settings) -> Iterator[Engine]:
-    """An engine for one command; an unreachable database is reported by its setting."""
-    engine = create_mirror_engine(
-        settings.database_url, timeout_seconds=settings.database_timeout_seconds
-    )
-    try:
-        yield engine
-    except DatabaseUnavailable as error:
-        raise click.ClickException(
-            f"HEALTHDOCK_DATABASE_URL: cannot reach the database ({error})"
-        ) from None
-    finally:
-        engine.dispose()
-
-
-def _existing_mirror(settings: Settings) -> None:
-    """Commands that only read or fix a mirror refuse a SQLite file that does not exist:
-    a mistyped path would otherwise create, migrate and report an empty mirror."""
-    path = sqlite_file(settings.database_url)
-    if path is not None and not path.exists():
-        raise click.ClickException(
-            f"HEALTHDOCK_DATABASE_URL: there is no SQLite mirror at {path} "
-            "(check the path, or create it with `healthdock-mirror migrate`)"
-        )
 
 
 _RESOURCES = {"patients": Resource.PATIENT, "appointments": Resource.APPOINTMENT}
@@ -272,17 +224,6 @@ def demo(port: int | None) -> None:
     )
     app = create_app(settings, services=demo_services(settings))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", log_config=None)
-
-
-def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
-    """An ISO 8601 date or instant; without a zone it is UTC."""
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not ISO 8601 (e.g. 2024-01-12T10:30:00Z)") from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 # What each outcome means, for the summary (same order as printed).
@@ -405,17 +346,30 @@ def replay(
 
 @main.command()
 def prune() -> None:
-    """Remove the raw payloads of applied events older than HEALTHDOCK_EVENT_RETENTION_DAYS."""
+    """Apply retention now: payloads of applied events older than
+    HEALTHDOCK_EVENT_RETENTION_DAYS, audit rows older than HEALTHDOCK_AUDIT_RETENTION_DAYS."""
+    from mirror import audit as audit_trail
     from mirror import prune_event_payloads
 
     settings = _settings()
     _configure_logging(settings)
-    days = settings.event_retention_days
-    if days is None:
+    event_days, audit_days = settings.event_retention_days, settings.audit_retention_days
+    if event_days is None and audit_days is None:
         raise click.ClickException(
-            "HEALTHDOCK_EVENT_RETENTION_DAYS is not set: event payloads are kept forever"
+            "neither HEALTHDOCK_EVENT_RETENTION_DAYS nor HEALTHDOCK_AUDIT_RETENTION_DAYS is set: "
+            "event payloads and the audit trail are kept forever"
         )
     _existing_mirror(settings)
     with _database(settings) as engine:
-        removed = prune_event_payloads(engine, timedelta(days=days))
-    click.echo(f"removed the payloads of {removed} applied events older than {days} days")
+        if event_days is not None:
+            removed = prune_event_payloads(engine, timedelta(days=event_days))
+            click.echo(
+                f"removed the payloads of {removed} applied events older than {event_days} days"
+            )
+        if audit_days is not None:
+            rows = audit_trail.prune_audit(engine, timedelta(days=audit_days))
+            click.echo(f"removed {rows} audit rows older than {audit_days} days")
+
+
+main.add_command(token)
+main.add_command(audit)

@@ -5,7 +5,7 @@ is its public surface (pinned by tests/mirror/test_exported_members.py); the mod
 are its own to rearrange.
 """
 
-from mirror import leases, runs
+from mirror import audit, leases, runs, sessions, tokens
 from mirror.database import (
     DatabaseUnavailable,
     create_mirror_engine,
@@ -70,18 +70,23 @@ from mirror.replay import (
 )
 from mirror.retention import prune_event_payloads
 from mirror.states import (
+    ADMIN_ROLE,
     LOSS_KINDS,
     UNSETTLED,
+    AuditAction,
+    AuditOutcome,
     Effect,
     EventSource,
     EventStatus,
     ReceiptStatus,
+    Role,
     RunKind,
     RunOutcome,
 )
 from mirror.versions import Action, Version, VersionError, VersionKey, parse_instant
 
 __all__ = [
+    "ADMIN_ROLE",
     "DEFAULT_LIMIT",
     "EVENT_TYPES",
     "LOSS_KINDS",
@@ -90,6 +95,8 @@ __all__ = [
     "REPLAY_SKIPPED",
     "UNSETTLED",
     "Action",
+    "AuditAction",
+    "AuditOutcome",
     "DatabaseUnavailable",
     "Effect",
     "Event",
@@ -109,6 +116,7 @@ __all__ = [
     "ReplaySummary",
     "ReplayedEvent",
     "Resource",
+    "Role",
     "RunKind",
     "RunOutcome",
     "SchemaNotCurrent",
@@ -120,6 +128,7 @@ __all__ = [
     "VersionError",
     "VersionKey",
     "apply_writes",
+    "audit",
     "count_unlisted",
     "create_mirror_engine",
     "current_revision",
@@ -145,9 +154,11 @@ __all__ = [
     "replay",
     "require_current",
     "runs",
+    "sessions",
     "sqlite_file",
     "storable_headers",
     "store_events",
+    "tokens",
     "unavailable_as_error",
     "unlisted_records",
     "unreadable_event",

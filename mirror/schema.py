@@ -27,7 +27,16 @@ from sqlalchemy import (
     text,
 )
 
-from mirror.states import UNSETTLED, Effect, EventSource, EventStatus, RunKind, RunOutcome
+from mirror.states import (
+    UNSETTLED,
+    AuditOutcome,
+    Effect,
+    EventSource,
+    EventStatus,
+    Role,
+    RunKind,
+    RunOutcome,
+)
 
 metadata = MetaData(
     naming_convention={
@@ -181,6 +190,52 @@ leases = Table(
     # The fencing token: one more at each taking by a new holder, kept by its renewals. Every
     # write of a pass checks it, so a holder that lost the lease can never write again.
     Column("token", BigInteger, nullable=False, server_default="0", comment="fencing token"),
+)
+
+# Named tokens for the console, the feed and the admin endpoints. The token itself is never
+# stored: only its SHA-256 (tokens are 256 random bits, so a fast hash is enough).
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", _Serial, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False, comment="viewer, operator or feed"),
+    Column("token_hash", String(64), nullable=False, unique=True, comment="sha256 hex"),
+    Column("created_at", _Timestamp, nullable=False),
+    Column("revoked_at", _Timestamp, comment="set by token revoke: refused from then on"),
+    CheckConstraint(_one_of("role", Role), name="role"),
+)
+
+# Who saw which patient's data and who changed what. Append-only: a trigger (the migration's)
+# refuses every UPDATE; rows are deleted only by retention. Ids only, never patient fields.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", _Serial, primary_key=True, autoincrement=True),
+    Column("at", _Timestamp, nullable=False),
+    Column("actor", String(64), nullable=False, comment="the token's name"),
+    Column("role", String(16), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("target", Text, comment="record ids, event seqs, run id"),
+    Column("client", String(64), comment="the client's address"),
+    Column("outcome", String(16), nullable=False, comment="ok, denied or failed"),
+    Index(None, "at"),
+    Index(None, "actor", "at"),
+    CheckConstraint(_one_of("outcome", AuditOutcome), name="outcome"),
+)
+
+# The console's server-side sessions. The cookie holds a random id; the table its SHA-256.
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True, comment="sha256 hex of the cookie's id"),
+    Column("actor", String(64), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("token_hash", String(64), nullable=False, comment="of the token it logged in with"),
+    Column("csrf_token", String(64), nullable=False),
+    Column("created_at", _Timestamp, nullable=False),
+    Column("last_seen_at", _Timestamp, nullable=False),
+    Column("client", String(64)),
 )
 
 MIRRORED_TABLES = {"patient": patients, "appointment": appointments}

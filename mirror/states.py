@@ -70,3 +70,38 @@ class RunKind(StrEnum):
 
 # Passes whose changes are webhook loss (what webhooks should have brought): not a backfill's.
 LOSS_KINDS = (RunKind.FULL, RunKind.UPCOMING)
+
+
+class Role(StrEnum):
+    """``api_tokens.role``: what a named token may do."""
+
+    VIEWER = "viewer"  # the console's pages
+    OPERATOR = "operator"  # a viewer who may also act: replay, sync now, release a held pass
+    FEED = "feed"  # machine reads: GET /events (and FHIR)
+
+
+# The bootstrap token (HEALTHDOCK_ADMIN_TOKEN) holds every role; its audit rows say so.
+ADMIN_ROLE = "admin"
+
+
+class AuditOutcome(StrEnum):
+    """``audit_log.outcome``."""
+
+    OK = "ok"
+    DENIED = "denied"  # refused: a wrong token, a role that may not, a bad CSRF token
+    FAILED = "failed"  # allowed, but it did not complete (the database away, a bad input)
+
+
+class AuditAction(StrEnum):
+    """``audit_log.action``: each request that returns patient data or changes state."""
+
+    FEED_READ = "feed.read"
+    CONSOLE_LOGIN = "console.login"
+    CONSOLE_LOGOUT = "console.logout"
+    RECORD_VIEW = "record.view"
+    PAYLOAD_SHOW = "event.payload"
+    REPLAY = "replay"
+    SYNC_REQUEST = "sync.request"
+    SYNC_RELEASE = "sync.release"
+    TOKEN_CREATE = "token.create"  # noqa: S105 (an action's name, not a secret)
+    TOKEN_REVOKE = "token.revoke"  # noqa: S105

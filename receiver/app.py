@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 
 from config import Settings
 from mirror import create_mirror_engine, head_revision, require_current
-from receiver.admin import ADMIN_SCHEME, ADMIN_SECURITY_SCHEME, configured_admin_token
+from receiver.access import TOKEN_SCHEME, TOKEN_SECURITY_SCHEME, configured_admin_token
 from receiver.errors import EXCEPTION_HANDLERS
 from receiver.feed import read_events
 from receiver.health import healthz, readyz
@@ -45,7 +45,8 @@ def create_app(
         if settings.admin_token is not None and configured_admin_token(settings) is None:
             # Set, so meant to enable them; blank, so they stay closed (403): say so once.
             log.warning(
-                "HEALTHDOCK_ADMIN_TOKEN is blank: the admin and feed endpoints are disabled"
+                "HEALTHDOCK_ADMIN_TOKEN is blank: only named tokens (healthdock-mirror token "
+                "create) are let in"
             )
         engine = create_mirror_engine(
             settings.database_url, timeout_seconds=settings.database_timeout_seconds
@@ -85,7 +86,7 @@ def create_app(
             # from a CDN, which a hospital network may not reach and should not have to trust.
             # /schema itself answers the JSON document.
             render_plugins=[JsonRenderPlugin(), YamlRenderPlugin()],
-            components=Components(security_schemes={ADMIN_SCHEME: ADMIN_SECURITY_SCHEME}),
+            components=Components(security_schemes={TOKEN_SCHEME: TOKEN_SECURITY_SCHEME}),
         ),
         debug=False,
         # Logging is the entry point's to configure (and never logs request bodies).

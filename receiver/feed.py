@@ -1,4 +1,7 @@
-"""``GET /events``: the change feed over the event log, for internal consumers (admin token)."""
+"""``GET /events``: the change feed over the event log, for internal consumers (a feed token).
+
+Every page is audited (``feed.read``, its seq range) before it is sent: it carries patient data.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,8 @@ from litestar import Request, get
 from litestar.params import Parameter, QueryParameter
 from sqlalchemy import Engine
 
-from mirror import DEFAULT_LIMIT, MAX_LIMIT, FeedPage, read_feed
-from receiver.admin import ADMIN_SECURITY, require_admin_token
+from mirror import DEFAULT_LIMIT, MAX_LIMIT, AuditAction, FeedPage, Role, read_feed
+from receiver.access import TOKEN_SECURITY, audited, require_role
 from receiver.errors import error_responses
 
 
@@ -29,11 +32,12 @@ class FeedEnvelope:
         "is opaque, and unchanged when nothing new arrived. `has_more`: more can be read right "
         "away. `payload` is the event's body as received (null once retention pruned it, or if it "
         "is nested more than 64 levels deep). "
-        "Requires `Authorization: Bearer $HEALTHDOCK_ADMIN_TOKEN`."
+        "Requires a token with the `feed` role (or `$HEALTHDOCK_ADMIN_TOKEN`); every page read "
+        "is written to the audit trail first."
     ),
     tags=["feed"],
-    guards=[require_admin_token],
-    security=ADMIN_SECURITY,
+    guards=[require_role(Role.FEED)],
+    security=TOKEN_SECURITY,
     responses=error_responses(400, 401, 403, 503),
     sync_to_thread=True,
 )
@@ -56,4 +60,8 @@ def read_events(
     engine: Engine = request.app.state.engine
     types = {part.strip() for part in (event_type or "").split(",") if part.strip()}
     # A bad cursor raises FeedError: receiver.errors answers it 400.
-    return FeedEnvelope(True, read_feed(engine, after, limit=limit, event_types=types))
+    page = read_feed(engine, after, limit=limit, event_types=types)
+    seqs = [event.seq for event in page.events]
+    target = f"seq {min(seqs)}-{max(seqs)} ({len(seqs)} events)" if seqs else "no events"
+    audited(request, AuditAction.FEED_READ, target)
+    return FeedEnvelope(True, page)

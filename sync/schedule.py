@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -24,7 +25,14 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
 from config import Settings
-from mirror import DatabaseUnavailable, Resource, RunOutcome, leases, prune_event_payloads
+from mirror import (
+    DatabaseUnavailable,
+    Resource,
+    RunOutcome,
+    audit,
+    leases,
+    prune_event_payloads,
+)
 from sync.client import RateBudgetListener, UpstreamError, rate_budget_listener
 from sync.job import run_reconcile, run_refresh
 
@@ -32,6 +40,7 @@ log = logging.getLogger(__name__)
 
 _RETRY_JOB = "reconcile-retry"
 RETENTION_JOB = "event-retention"
+AUDIT_RETENTION_JOB = "audit-retention"
 _RETENTION_INTERVAL = timedelta(hours=1)
 
 
@@ -81,23 +90,42 @@ def build_scheduler(settings: Settings, engine: Engine) -> AsyncIOScheduler:
     )
     if settings.event_retention_days is not None:
         _add_retention_job(scheduler, engine, timedelta(days=settings.event_retention_days))
+    if settings.audit_retention_days is not None:
+        _add_audit_retention_job(scheduler, engine, timedelta(days=settings.audit_retention_days))
     return scheduler
 
 
 def _add_retention_job(scheduler: AsyncIOScheduler, engine: Engine, retention: timedelta) -> None:
-    async def prune_payloads() -> None:
+    prune = functools.partial(prune_event_payloads, engine, retention)
+    _add_pruning(scheduler, RETENTION_JOB, prune, "event payload retention",
+                 "the payloads of %d applied events")  # fmt: skip
+
+
+def _add_audit_retention_job(
+    scheduler: AsyncIOScheduler, engine: Engine, retention: timedelta
+) -> None:
+    prune = functools.partial(audit.prune_audit, engine, retention)
+    _add_pruning(scheduler, AUDIT_RETENTION_JOB, prune, "audit retention", "%d audit rows")
+
+
+def _add_pruning(
+    scheduler: AsyncIOScheduler, job_id: str, prune: Callable[[], int], what: str, removed_what: str
+) -> None:
+    """An hourly job running ``prune`` (in a thread), logging what it removed."""
+
+    async def run() -> None:
         try:
-            removed = await asyncio.to_thread(prune_event_payloads, engine, retention)
+            removed = await asyncio.to_thread(prune)
         except DatabaseUnavailable as error:
-            log.warning("event payload retention failed: %s", error)
+            log.warning("%s failed: %s", what, error)
             return
         if removed:
-            log.info("retention removed the payloads of %d applied events", removed)
+            log.info("retention removed " + removed_what, removed)
 
     scheduler.add_job(
-        prune_payloads,
+        run,
         IntervalTrigger(seconds=_RETENTION_INTERVAL.total_seconds()),
-        id=RETENTION_JOB,
+        id=job_id,
         next_run_time=datetime.now(UTC) + timedelta(minutes=1),
         max_instances=1,
         coalesce=True,

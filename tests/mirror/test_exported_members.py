@@ -6,30 +6,31 @@ Which packages may import it, and only through these names, is tests/test_layeri
 from __future__ import annotations
 
 import mirror
-from mirror import leases, runs
+from mirror import audit, leases, runs, sessions, tokens
 
 
 def test_exported_members() -> None:
     assert len(mirror.__all__) == len(set(mirror.__all__))
     assert sorted(mirror.__all__) == sorted(
         [
-            "Action", "DEFAULT_LIMIT", "REPLAYABLE_SOURCES", "REPLAY_SKIPPED",
-            "DatabaseUnavailable", "EVENT_TYPES", "Effect",
-            "Event", "EventCounts", "EventSource", "EventStatus", "FeedError",
-            "FeedEvent", "FeedPage", "IncomingEvent", "LOSS_KINDS", "MAX_LIMIT",
-            "Outcome", "PayloadError", "Receipt", "ReceiptStatus", "RecordCounts",
-            "RecordWrite", "ReplaySummary", "ReplayedEvent", "Resource", "RunKind",
-            "RunOutcome", "SchemaNotCurrent", "Selection", "SelectionError",
-            "UNSETTLED", "Unlisted", "UnsettledEvent", "Version", "VersionError",
-            "VersionKey", "apply_writes", "count_unlisted", "create_mirror_engine",
-            "current_revision", "decode_document", "dedup_key", "event_count",
-            "event_counts", "head_revision", "ingest", "is_sqlite", "last_received",
-            "leases", "oldest_unsettled", "parse_instant", "prepare_for_writing",
-            "prune_event_payloads", "read_event", "read_feed", "read_transaction",
-            "reconcile_event", "record_counts", "record_write", "replay",
-            "require_current", "runs", "sqlite_file", "storable_headers",
-            "store_events", "unavailable_as_error", "unlisted_records",
-            "unreadable_event", "unsettled_counts", "upgrade", "write_transaction"
+            "ADMIN_ROLE", "Action", "AuditAction", "AuditOutcome", "DEFAULT_LIMIT",
+            "DatabaseUnavailable", "EVENT_TYPES", "Effect", "Event", "EventCounts",
+            "EventSource", "EventStatus", "FeedError", "FeedEvent", "FeedPage",
+            "IncomingEvent", "LOSS_KINDS", "MAX_LIMIT", "Outcome", "PayloadError",
+            "REPLAYABLE_SOURCES", "REPLAY_SKIPPED", "Receipt", "ReceiptStatus",
+            "RecordCounts", "RecordWrite", "ReplaySummary", "ReplayedEvent", "Resource",
+            "Role", "RunKind", "RunOutcome", "SchemaNotCurrent", "Selection",
+            "SelectionError", "UNSETTLED", "Unlisted", "UnsettledEvent", "Version",
+            "VersionError", "VersionKey", "apply_writes", "audit", "count_unlisted",
+            "create_mirror_engine", "current_revision", "decode_document", "dedup_key",
+            "event_count", "event_counts", "head_revision", "ingest", "is_sqlite",
+            "last_received", "leases", "oldest_unsettled", "parse_instant",
+            "prepare_for_writing", "prune_event_payloads", "read_event", "read_feed",
+            "read_transaction", "reconcile_event", "record_counts", "record_write",
+            "replay", "require_current", "runs", "sessions", "sqlite_file",
+            "storable_headers", "store_events", "tokens", "unavailable_as_error",
+            "unlisted_records", "unreadable_event", "unsettled_counts", "upgrade",
+            "write_transaction"
         ]
     )  # fmt: skip
     for name in mirror.__all__:
@@ -53,5 +54,30 @@ def test_the_sync_runs_and_leases_modules() -> None:
         ]
     )  # fmt: skip
     for module in (runs, leases):
+        for name in module.__all__:
+            assert getattr(module, name) is not None
+
+
+def test_the_access_modules() -> None:
+    """Tokens, sessions and the audit trail: each table's module, as namespaces of the core."""
+    assert sorted(tokens.__all__) == sorted(
+        [
+            "BOOTSTRAP_NAME", "NAME_PATTERN", "Principal", "TokenError", "TokenInfo",
+            "authenticate", "bootstrap_principal", "create_token", "list_tokens",
+            "revoke_token", "token_hash"
+        ]
+    )  # fmt: skip
+    assert sorted(sessions.__all__) == sorted(
+        [
+            "Session", "end_session", "find_session", "start_session"
+        ]
+    )  # fmt: skip
+    assert sorted(audit.__all__) == sorted(
+        [
+            "AuditEntry", "AuditRow", "MAX_TARGET", "prune_audit", "read_audit",
+            "record_audit"
+        ]
+    )  # fmt: skip
+    for module in (tokens, sessions, audit):
         for name in module.__all__:
             assert getattr(module, name) is not None
