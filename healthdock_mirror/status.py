@@ -1,111 +1,24 @@
 """``healthdock-mirror status``: what the mirror holds, how fresh it is, what the reconciler healed.
 
-The facts are gathered in one read transaction (:func:`gather_status`) and rendered apart from
-it, as rich tables (:func:`render_tables`) or one JSON document for scripts
-(:func:`status_document`). Nothing here reads a patient's fields or an event's payload: the
-output is counts, identifiers of events and runs, and error texts (which never carry data).
+The facts are gathered by the core in one read transaction (``mirror.gather_status``, which
+the console's overview shows too) and rendered here, as rich tables (:func:`render_tables`)
+or one JSON document for scripts (:func:`status_document`). Nothing here reads a patient's
+fields or an event's payload: the output is counts, identifiers of events and runs, and error
+texts (which never carry data).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy import Engine
-from sqlalchemy.engine import Connection
 
-from mirror import (
-    EventSource,
-    EventStatus,
-    RecordCounts,
-    Resource,
-    UnsettledEvent,
-    event_count,
-    event_counts,
-    last_received,
-    oldest_unsettled,
-    read_transaction,
-    record_counts,
-    runs,
-    unsettled_counts,
-)
+from mirror import MirrorStatus, gather_status
 
-WINDOW = timedelta(days=1)
-"""The recent past that event counts and healed totals cover."""
-
-# The order status shows them in: the usual first.
-_EVENT_STATUSES = (
-    EventStatus.APPLIED,
-    EventStatus.IGNORED,
-    EventStatus.FAILED,
-    EventStatus.PENDING,
-)
-
-
-@dataclass(frozen=True, slots=True)
-class MirrorStatus:
-    generated_at: datetime
-    window_start: datetime
-    patients: RecordCounts
-    appointments: RecordCounts
-    webhook_events: int
-    sync_runs: int
-    events_by_status: dict[str, int]  # received in the window
-    events_by_type: dict[str, int]
-    events_by_source: dict[str, int]
-    healed: runs.Healed  # passes started in the window
-    unapplied: dict[str, int]  # pending and failed, whenever received
-    oldest_unapplied: UnsettledEvent | None  # its payload is never shown
-    last_webhook_at: datetime | None
-    runs: list[runs.RunSummary]  # the latest first
-
-    @property
-    def seconds_since_last_webhook(self) -> float | None:
-        if self.last_webhook_at is None:
-            return None
-        return _seconds(self.generated_at - self.last_webhook_at)
-
-    @property
-    def oldest_unapplied_age_seconds(self) -> float | None:
-        if self.oldest_unapplied is None:
-            return None
-        return _seconds(self.generated_at - self.oldest_unapplied.received_at)
-
-
-def gather_status(engine: Engine, *, runs: int = 10, now: datetime | None = None) -> MirrorStatus:
-    """The mirror's status as of ``now`` (default: the present), read in one transaction."""
-    moment = now or datetime.now(UTC)
-    return read_transaction(engine, lambda connection: _gather(connection, runs, moment))
-
-
-def _gather(connection: Connection, run_count: int, now: datetime) -> MirrorStatus:
-    window_start = now - WINDOW
-    recent = event_counts(connection, window_start)
-    return MirrorStatus(
-        generated_at=now,
-        window_start=window_start,
-        patients=record_counts(connection, Resource.PATIENT),
-        appointments=record_counts(connection, Resource.APPOINTMENT),
-        webhook_events=event_count(connection),
-        sync_runs=runs.run_count(connection),
-        events_by_status={status: recent.by_status[status] for status in _EVENT_STATUSES},
-        events_by_type=recent.by_type,
-        events_by_source=recent.by_source,
-        healed=runs.healed(connection, window_start),
-        unapplied=unsettled_counts(connection),
-        oldest_unapplied=oldest_unsettled(connection),
-        last_webhook_at=last_received(connection, EventSource.WEBHOOK),
-        runs=runs.latest_runs(connection, run_count),
-    )
-
-
-def _seconds(delta: timedelta) -> float:
-    return round(delta.total_seconds(), 3)
-
+__all__ = ["gather_status", "render_tables", "status_document"]
 
 # --- rendering -------------------------------------------------------------------------------
 

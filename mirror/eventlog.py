@@ -14,6 +14,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import cast
 
 import msgspec
 from sqlalchemy import ColumnElement, bindparam, case, func, select, text, update
@@ -21,7 +22,7 @@ from sqlalchemy.engine import Connection
 
 from mirror.database import as_utc
 from mirror.driver import Driver, unnest
-from mirror.events import Event, RecordWrite
+from mirror.events import Event, RecordWrite, Resource
 from mirror.schema import UNSETTLED_EVENTS, webhook_events
 from mirror.states import UNSETTLED, Effect, EventSource, EventStatus
 from mirror.versions import VersionKey
@@ -435,3 +436,159 @@ def event_count(connection: Connection, source: EventSource | None = None) -> in
     if source is not None:
         query = query.where(webhook_events.c.source == source)
     return int(connection.execute(query).scalar_one())
+
+
+# --- reads for the console: events by filter, one event, one record's timeline ---------------
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """What the console's events page filters on (each None: any); ``before``: keyset page."""
+
+    status: str | None = None
+    source: str | None = None
+    event_type: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    before: int | None = None
+
+    def as_form(self) -> dict[str, object]:
+        return {"status": self.status, "source": self.source, "event_type": self.event_type,
+                "before": self.before}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class EventSummary:
+    """An event's metadata: never its payload."""
+
+    seq: int
+    source: str
+    event_type: str
+    resource: str | None
+    record_id: str | None
+    version: str | None
+    status: str
+    effect: str | None
+    received_at: datetime
+    attempts: int
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class EventDetail:
+    summary: EventSummary
+    event_id: str | None
+    event_timestamp: str
+    applied_at: datetime | None
+    body_bytes: int | None  # None once retention removed it
+    headers: list[tuple[str, str]]
+
+    @property
+    def pruned(self) -> bool:
+        return self.body_bytes is None
+
+
+def _summary_columns() -> list[ColumnElement[object]]:
+    c = webhook_events.c
+    return [c.seq, c.source, c.event_type, c.resource, c.record_id, c.version, c.status,
+            c.effect, c.received_at, c.attempts, c.error]  # fmt: skip
+
+
+def _summary(row: Sequence[object]) -> EventSummary:
+    seq, source, event_type, resource, record_id, version, status, effect, received_at, \
+        attempts, error = row  # fmt: skip
+    assert isinstance(received_at, datetime)
+    return EventSummary(int(str(seq)), str(source), str(event_type),
+                        None if resource is None else str(resource),
+                        None if record_id is None else str(record_id),
+                        None if version is None else str(version), str(status),
+                        None if effect is None else str(effect), as_utc(received_at),
+                        int(str(attempts)), None if error is None else str(error))  # fmt: skip
+
+
+def list_events(connection: Connection, filters: EventFilter, limit: int) -> list[EventSummary]:
+    """Events matching every filter, the newest first (by seq: a keyset, ``before``)."""
+    c = webhook_events.c
+    query = select(*_summary_columns()).order_by(c.seq.desc()).limit(limit)
+    if filters.status is not None:
+        # The unsettled states literally, so the partial index serves the common filter.
+        unsettled = filters.status in set(map(str, UNSETTLED))
+        query = (
+            query.where(_UNSETTLED, c.status == filters.status)
+            if unsettled
+            else query.where(c.status == filters.status)
+        )
+    if filters.source is not None:
+        query = query.where(c.source == filters.source)
+    if filters.event_type is not None:
+        query = query.where(c.event_type == filters.event_type)
+    if filters.since is not None:
+        query = query.where(c.received_at >= filters.since)
+    if filters.until is not None:
+        query = query.where(c.received_at < filters.until)
+    if filters.before is not None:
+        query = query.where(c.seq < filters.before)
+    return [_summary(row) for row in connection.execute(query)]
+
+
+def record_timeline(
+    connection: Connection, resource: Resource, record_id: str, limit: int
+) -> list[EventSummary]:
+    """The events that wrote one record, oldest first (the resource, record_id index)."""
+    c = webhook_events.c
+    query = (
+        select(*_summary_columns())
+        .where(c.resource == resource.value, c.record_id == record_id)
+        .order_by(c.seq)
+        .limit(limit)
+    )
+    return [_summary(row) for row in connection.execute(query)]
+
+
+def event_detail(connection: Connection, seq: int) -> EventDetail | None:
+    c = webhook_events.c
+    row = connection.execute(
+        select(*_summary_columns(), c.event_id, c.event_timestamp, c.applied_at,
+               func.length(c.body), c.headers).where(c.seq == seq)
+    ).first()  # fmt: skip
+    if row is None:
+        return None
+    summary = _summary(row[:11])
+    event_id, event_timestamp, applied_at, length, headers = row[11:]
+    stored_headers = cast(list[list[str]], headers or [])
+    return EventDetail(
+        summary,
+        None if event_id is None else str(event_id),
+        str(event_timestamp),
+        None if applied_at is None else as_utc(cast(datetime, applied_at)),
+        None if length is None else int(cast(int, length)),
+        [(str(k), str(v)) for k, v in stored_headers],
+    )
+
+
+def event_body(connection: Connection, seq: int) -> bytes | None:
+    """The event's raw payload (patient data: its caller audits), None once pruned."""
+    body = connection.execute(
+        select(webhook_events.c.body).where(webhook_events.c.seq == seq)
+    ).scalar_one_or_none()
+    return None if body is None else bytes(body)
+
+
+def events_per_hour(connection: Connection, since: datetime) -> list[tuple[datetime, str, int]]:
+    """(hour, source, events received in it) from ``since`` on, hours in UTC."""
+    c = webhook_events.c
+    if connection.dialect.name == "postgresql":
+        hour: ColumnElement[object] = func.date_trunc("hour", func.timezone("UTC", c.received_at))
+    else:
+        # SQLite keeps naive UTC text, 'YYYY-MM-DD HH:MM:SS...': its first 13 characters.
+        hour = func.substr(c.received_at, 1, 13)
+    rows = connection.execute(
+        select(hour, c.source, func.count()).where(c.received_at >= since).group_by(hour, c.source)
+    )
+    found = []
+    for moment, source, count in rows:
+        if isinstance(moment, str):
+            moment = datetime.strptime(moment, "%Y-%m-%d %H")
+        assert isinstance(moment, datetime)
+        found.append((moment.replace(tzinfo=UTC), str(source), int(count)))
+    return found

@@ -6,6 +6,7 @@ ordering guard (``mirror.guard``) is enforced in exactly one place.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -421,3 +422,27 @@ def unlisted_records(
         Unlisted(str(row[0]), None if row[1] is None else as_utc(row[1]), bool(row[2]))
         for row in connection.execute(query)
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRow:
+    """One mirrored record as the table holds it (patient data: its caller audits)."""
+
+    columns: list[tuple[str, object]]
+    deleted_at: datetime | None
+
+
+def record_row(connection: Connection, resource: Resource, record_id: str) -> RecordRow | None:
+    table = MIRRORED_TABLES[resource.value]
+    row = connection.execute(select(table).where(table.c.id == record_id)).first()
+    if row is None:
+        return None
+    shown = []
+    for name, value in row._mapping.items():
+        if name in ("content_version", "deleted_version"):
+            continue  # the guard's bookkeeping: in source_version, readably
+        if name == "raw" and value is not None:
+            value = json.dumps(value, ensure_ascii=False, sort_keys=True)
+        shown.append((str(name), value))
+    deleted_at = row._mapping["deleted_at"]
+    return RecordRow(shown, None if deleted_at is None else as_utc(deleted_at))

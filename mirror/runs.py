@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
@@ -30,6 +30,7 @@ __all__ = [
     "finish",
     "healed",
     "latest_runs",
+    "loss_per_day",
     "previous_complete_pass",
     "record_progress",
     "run_count",
@@ -299,3 +300,23 @@ def latest_runs(connection: Connection, limit: int) -> list[RunSummary]:
 
 def run_count(connection: Connection) -> int:
     return int(connection.execute(select(func.count()).select_from(sync_runs)).scalar_one())
+
+
+def loss_per_day(connection: Connection, since: datetime) -> list[tuple[date, int]]:
+    """(UTC day, changes the passes started that day healed) from ``since`` on: webhook loss,
+    backfills left out."""
+    c = sync_runs.c
+    if connection.dialect.name == "postgresql":
+        day: Any = func.date(func.timezone("UTC", c.started_at))
+    else:
+        day = func.substr(c.started_at, 1, 10)  # naive UTC text: 'YYYY-MM-DD ...'
+    rows = connection.execute(
+        select(day, func.coalesce(func.sum(c.created + c.updated + c.tombstoned), 0))
+        .where(c.started_at >= since, c.kind.in_(LOSS_KINDS))
+        .group_by(day)
+    )
+    found = []
+    for moment, healed_count in rows:
+        when = moment if isinstance(moment, date) else date.fromisoformat(str(moment))
+        found.append((when, int(healed_count)))
+    return found

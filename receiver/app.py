@@ -16,6 +16,12 @@ from sqlalchemy import Engine
 from config import Settings
 from mirror import create_mirror_engine, head_revision, require_current
 from receiver.access import TOKEN_SCHEME, TOKEN_SECURITY_SCHEME, configured_admin_token
+from receiver.console import (
+    LoginThrottle,
+    add_security_headers,
+    console_router,
+    template_config,
+)
 from receiver.errors import EXCEPTION_HANDLERS
 from receiver.feed import read_events
 from receiver.health import healthz, readyz
@@ -74,7 +80,16 @@ def create_app(
             engine.dispose()
 
     app = Litestar(
-        route_handlers=[receive_webhook, healthz, readyz, metrics_endpoint, read_events],
+        route_handlers=[
+            receive_webhook,
+            healthz,
+            readyz,
+            metrics_endpoint,
+            read_events,
+            console_router(),
+        ],
+        template_config=template_config(),
+        before_send=[add_security_headers],
         lifespan=[lifespan],
         exception_handlers=dict(EXCEPTION_HANDLERS),
         request_max_body_size=settings.max_body_bytes,
@@ -95,4 +110,5 @@ def create_app(
     app.state.settings = settings
     app.state.schema_head = head_revision()
     app.state.metrics = metrics
+    app.state.login_throttle = LoginThrottle()
     return app

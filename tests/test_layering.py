@@ -30,7 +30,7 @@ def _imports(package: str, root: pathlib.Path = ROOT) -> list[tuple[str, int, st
     """(file, line, imported module, names) of every import of another of our packages,
     wherever it is written (inside functions too)."""
     found = []
-    for path in sorted((root / package).glob("*.py")):
+    for path in sorted((root / package).rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 module, names = node.module, [alias.name for alias in node.names]

@@ -15,22 +15,25 @@ def test_exported_members() -> None:
         [
             "ADMIN_ROLE", "Action", "AuditAction", "AuditOutcome", "DEFAULT_LIMIT",
             "DatabaseUnavailable", "EVENT_TYPES", "Effect", "Event", "EventCounts",
-            "EventSource", "EventStatus", "FeedError", "FeedEvent", "FeedPage",
-            "IncomingEvent", "LOSS_KINDS", "MAX_LIMIT", "Outcome", "PayloadError",
+            "EventDetail", "EventFilter", "EventSource", "EventStatus", "EventSummary",
+            "FeedError", "FeedEvent", "FeedPage", "IncomingEvent", "LOSS_KINDS",
+            "MAX_LIMIT", "MirrorStatus", "Outcome", "PayloadError",
             "REPLAYABLE_SOURCES", "REPLAY_SKIPPED", "Receipt", "ReceiptStatus",
-            "RecordCounts", "RecordWrite", "ReplaySummary", "ReplayedEvent", "Resource",
-            "Role", "RunKind", "RunOutcome", "SchemaNotCurrent", "Selection",
-            "SelectionError", "UNSETTLED", "Unlisted", "UnsettledEvent", "Version",
-            "VersionError", "VersionKey", "apply_writes", "audit", "count_unlisted",
-            "create_mirror_engine", "current_revision", "decode_document", "dedup_key",
-            "event_count", "event_counts", "head_revision", "ingest", "is_sqlite",
-            "last_received", "leases", "oldest_unsettled", "parse_instant",
-            "prepare_for_writing", "prune_event_payloads", "read_event", "read_feed",
-            "read_transaction", "reconcile_event", "record_counts", "record_write",
-            "replay", "require_current", "runs", "sessions", "sqlite_file",
-            "storable_headers", "store_events", "tokens", "unavailable_as_error",
-            "unlisted_records", "unreadable_event", "unsettled_counts", "upgrade",
-            "write_transaction"
+            "RecordCounts", "RecordRow", "RecordWrite", "ReplaySummary",
+            "ReplayedEvent", "Resource", "Role", "RunKind", "RunOutcome",
+            "SchemaNotCurrent", "Selection", "SelectionError", "UNSETTLED", "Unlisted",
+            "UnsettledEvent", "Version", "VersionError", "VersionKey", "apply_writes",
+            "audit", "count_unlisted", "create_mirror_engine", "current_revision",
+            "decode_document", "dedup_key", "event_body", "event_count", "event_counts",
+            "event_detail", "events_per_hour", "gather_status", "head_revision",
+            "ingest", "is_sqlite", "last_received", "leases", "list_events",
+            "oldest_unsettled", "parse_instant", "prepare_for_writing",
+            "prune_event_payloads", "read_event", "read_feed", "read_transaction",
+            "reconcile_event", "record_counts", "record_row", "record_timeline",
+            "record_write", "replay", "require_current", "runs", "sessions",
+            "sqlite_file", "storable_headers", "store_events", "tokens",
+            "unavailable_as_error", "unlisted_records", "unreadable_event",
+            "unsettled_counts", "upgrade", "write_transaction"
         ]
     )  # fmt: skip
     for name in mirror.__all__:
@@ -42,7 +45,7 @@ def test_the_sync_runs_and_leases_modules() -> None:
     assert sorted(runs.__all__) == sorted(
         [
             "COMPLETE", "Healed", "Run", "RunSummary", "RunTotals", "WHOLE_KINDS",
-            "finish", "healed", "latest_runs", "previous_complete_pass",
+            "finish", "healed", "latest_runs", "loss_per_day", "previous_complete_pass",
             "record_progress", "run_count", "run_totals", "stamp_lease_token",
             "start_or_resume", "start_whole_pass"
         ]
