@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     # The frequent short job: appointments of today and the coming days.
     sync_upcoming_minutes: float = Field(default=5.0, gt=0)
     sync_upcoming_days: int = Field(default=2, ge=0, le=31)
+    # How often the scheduler looks for reconciles an operator asked for in the console.
+    sync_request_poll_seconds: float = Field(default=5.0, gt=0, le=3600)
     # Raw payloads of applied events are removed this many days after they were applied;
     # unset keeps them forever. Failed, pending and ignored events always keep theirs.
     event_retention_days: int | None = Field(default=None, gt=0)

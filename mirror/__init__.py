@@ -5,7 +5,7 @@ is its public surface (pinned by tests/mirror/test_exported_members.py); the mod
 are its own to rearrange.
 """
 
-from mirror import audit, leases, runs, sessions, tokens
+from mirror import audit, leases, runs, sessions, sync_requests, tokens
 from mirror.database import (
     DatabaseUnavailable,
     create_mirror_engine,
@@ -181,6 +181,7 @@ __all__ = [
     "sqlite_file",
     "storable_headers",
     "store_events",
+    "sync_requests",
     "tokens",
     "unavailable_as_error",
     "unlisted_records",

@@ -11,6 +11,7 @@ from enum import StrEnum
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     Date,
@@ -236,6 +237,22 @@ console_sessions = Table(
     Column("created_at", _Timestamp, nullable=False),
     Column("last_seen_at", _Timestamp, nullable=False),
     Column("client", String(64)),
+)
+
+# Reconciles an operator asked for from the console (sync now, release a held pass): the
+# scheduler of whichever process runs it (serve or worker) takes them in order.
+sync_requests = Table(
+    "sync_requests",
+    metadata,
+    Column("id", _Serial, primary_key=True, autoincrement=True),
+    Column("resource", String(16), comment="patient, appointment, or NULL for both"),
+    Column("allow_mass_delete", Boolean, nullable=False, comment="release the brake"),
+    Column("requested_by", String(64), nullable=False),
+    Column("requested_at", _Timestamp, nullable=False),
+    Column("started_at", _Timestamp),
+    Column("finished_at", _Timestamp),
+    Column("outcome", String(16), comment="the passes' worst outcome"),
+    Index(None, "finished_at"),
 )
 
 MIRRORED_TABLES = {"patient": patients, "appointment": appointments}

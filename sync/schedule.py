@@ -32,6 +32,8 @@ from mirror import (
     audit,
     leases,
     prune_event_payloads,
+    sync_requests,
+    write_transaction,
 )
 from sync.client import RateBudgetListener, UpstreamError, rate_budget_listener
 from sync.job import run_reconcile, run_refresh
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 _RETRY_JOB = "reconcile-retry"
 RETENTION_JOB = "event-retention"
 AUDIT_RETENTION_JOB = "audit-retention"
+REQUESTS_JOB = "requested-reconciles"
 _RETENTION_INTERVAL = timedelta(hours=1)
 
 
@@ -88,11 +91,50 @@ def build_scheduler(settings: Settings, engine: Engine) -> AsyncIOScheduler:
         max_instances=1,
         coalesce=True,
     )
+    scheduler.add_job(
+        functools.partial(run_requested, settings, engine),
+        IntervalTrigger(seconds=settings.sync_request_poll_seconds),
+        id=REQUESTS_JOB,
+        max_instances=1,
+        coalesce=True,
+    )
     if settings.event_retention_days is not None:
         _add_retention_job(scheduler, engine, timedelta(days=settings.event_retention_days))
     if settings.audit_retention_days is not None:
         _add_audit_retention_job(scheduler, engine, timedelta(days=settings.audit_retention_days))
     return scheduler
+
+
+async def run_requested(settings: Settings, engine: Engine) -> None:
+    """Run the oldest reconcile an operator asked for (the console's sync now and release),
+    if any; one taken while another reconcile holds the lease waits for the next look."""
+    try:
+        request = await asyncio.to_thread(write_transaction, engine, sync_requests.take_request)
+    except DatabaseUnavailable as error:
+        log.warning("requested reconciles: %s", error)
+        return
+    if request is None:
+        return
+    resources = list(Resource) if request.resource is None else [Resource(request.resource)]
+    try:
+        results = await run_reconcile(settings, engine, resources,
+                                      allow_mass_delete=request.allow_mass_delete)  # fmt: skip
+    except leases.LeaseHeld as held:
+        log.info("requested reconcile %d waits: %s", request.id, held)
+        put_back = functools.partial(sync_requests.put_back, request_id=request.id)
+        await asyncio.to_thread(write_transaction, engine, put_back)
+        return
+    except (DatabaseUnavailable, UpstreamError) as error:
+        log.warning("requested reconcile %d failed: %s", request.id, error)
+        results = []
+    outcomes = [result.outcome for result in results] or [RunOutcome.FAILED]
+    worst = next((o for o in _WORST_FIRST if o in outcomes), outcomes[0])
+    finish = functools.partial(sync_requests.finish_request, request_id=request.id, outcome=worst)
+    await asyncio.to_thread(write_transaction, engine, finish)
+    log.info("requested reconcile %d by %s: %s", request.id, request.requested_by, worst)
+
+
+_WORST_FIRST = (RunOutcome.FAILED, RunOutcome.INCOMPLETE, RunOutcome.HELD, RunOutcome.SUCCESS)
 
 
 def _add_retention_job(scheduler: AsyncIOScheduler, engine: Engine, retention: timedelta) -> None:

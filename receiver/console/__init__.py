@@ -19,6 +19,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from mirror import DatabaseUnavailable
+from receiver.console.actions import ROUTES as ACTION_ROUTES
 from receiver.console.auth import (
     ConsoleForbidden,
     LoginRequired,
@@ -27,6 +28,7 @@ from receiver.console.auth import (
     add_security_headers,
 )
 from receiver.console.pages import ROUTES, BadParameter
+from receiver.console.replay import ROUTES as REPLAY_ROUTES
 
 __all__ = ["LoginThrottle", "add_security_headers", "console_router", "template_config"]
 
@@ -117,7 +119,7 @@ def console_router() -> Router:
                                         include_in_schema=False)  # fmt: skip
     return Router(
         path="/console",
-        route_handlers=[*ROUTES, static],
+        route_handlers=[*ROUTES, *REPLAY_ROUTES, *ACTION_ROUTES, static],
         exception_handlers={
             LoginRequired: _login_required,
             ConsoleForbidden: _forbidden,

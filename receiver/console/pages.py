@@ -40,6 +40,7 @@ from mirror import (
     record_timeline,
     runs,
     sessions,
+    sync_requests,
     unlisted_records,
     write_transaction,
 )
@@ -74,13 +75,17 @@ def _engine(request: Request[Any, Any, Any]) -> Engine:
     return engine
 
 
-def _page(request: Request[Any, Any, Any], name: str, section: str, **context: Any) -> Template:
+def page(request: Request[Any, Any, Any], name: str, section: str, **context: Any) -> Template:
+    """A console page: the template with who is signed in, their CSRF token and what they
+    may do."""
     session: sessions.Session | None = getattr(request.state, "session", None)
     return Template(
         template_name=name,
         context={
             "principal": None if session is None else session.principal,
             "csrf_token": None if session is None else session.csrf_token,
+            # Actions are shown only to who may take them (the server refuses them anyway).
+            "can_act": session is not None and session.principal.may(Role.OPERATOR),
             "section": section,
             **context,
         },
@@ -93,7 +98,7 @@ def _page(request: Request[Any, Any, Any], name: str, section: str, **context: A
 @get("/login", sync_to_thread=False)
 def login_page(request: Request[Any, Any, Any], next: _Query = None) -> Template:
     value, cookie = login_cookie(request)
-    template = _page(request, "login.html", "", login_csrf=value, next=safe_next(next), error=None)
+    template = page(request, "login.html", "", login_csrf=value, next=safe_next(next), error=None)
     template.cookies = [cookie]
     return template
 
@@ -113,19 +118,19 @@ async def login(
     throttle: LoginThrottle = request.app.state.login_throttle
     if not login_csrf_ok(request, data.csrf_token):
         value, cookie = login_cookie(request)
-        page = _page(request, "login.html", "", login_csrf=value, next=safe_next(data.next),
+        answer = page(request, "login.html", "", login_csrf=value, next=safe_next(data.next),
                      error="The sign-in form expired: please try again.")  # fmt: skip
-        page.cookies = [cookie]
-        page.status_code = 403
-        return page
+        answer.cookies = [cookie]
+        answer.status_code = 403
+        return answer
     outcome = await sign_in(request, data.token[:512], throttle)
     if isinstance(outcome, str):
         value, cookie = login_cookie(request)
-        page = _page(request, "login.html", "", login_csrf=value, next=safe_next(data.next),
+        answer = page(request, "login.html", "", login_csrf=value, next=safe_next(data.next),
                      error=outcome)  # fmt: skip
-        page.cookies = [cookie]
-        page.status_code = 401
-        return page
+        answer.cookies = [cookie]
+        answer.status_code = 401
+        return answer
     session_id, _ = outcome
     response = Redirect(safe_next(data.next), status_code=303)
     response.cookies = [session_cookie(request, session_id)]
@@ -177,14 +182,15 @@ def overview(request: Request[Any, Any, Any]) -> Template:
     loss_chart: Chart = stacked_bars(
         [(f"{d:%d %b}", {"loss": loss.get(d, 0)}) for d in days], ["loss"], label_every=2
     )
-    return _page(request, "overview.html", "Overview", status=status, hourly=hourly_chart,
+    return page(request, "overview.html", "Overview", status=status, hourly=hourly_chart,
                  daily_loss=loss_chart)  # fmt: skip
 
 
 # --- events -----------------------------------------------------------------------------------
 
 
-def _instant(name: str, value: str | None) -> datetime | None:
+def instant_parameter(name: str, value: str | None) -> datetime | None:
+    """A form's or query's date and time (the browser's picker: no zone, so UTC)."""
     if not value:
         return None
     try:
@@ -220,7 +226,7 @@ def events(
         raise BadParameter("type: one of the event types HealthDock sends")
     filters = EventFilter(
         status=status or None, source=source or None, event_type=type or None,
-        since=_instant("since", since), until=_instant("until", until),
+        since=instant_parameter("since", since), until=instant_parameter("until", until),
         before=_positive("before", before),
     )  # fmt: skip
     found = read_transaction(_engine(request), lambda c: list_events(c, filters, _PAGE + 1))
@@ -229,7 +235,7 @@ def events(
     query = {k: v for k, v in {"status": status, "source": source, "type": type,
                                "since": since, "until": until}.items() if v}  # fmt: skip
     next_before = shown[-1].seq if more and shown else None
-    return _page(
+    return page(
         request, "events.html", "Events", events=shown,
         statuses=[str(s) for s in EventStatus], sources=_SOURCES,
         event_types=sorted(EVENT_TYPES),
@@ -238,6 +244,7 @@ def events(
         next_before=next_before,
         next_href="/console/events?" + urlencode({**query, "before": next_before or ""}),
         first_href="/console/events?" + urlencode(query),
+        replay_query=urlencode(query),
     )  # fmt: skip
 
 
@@ -248,7 +255,7 @@ def event_page(request: Request[Any, Any, Any], seq: _Seq) -> Template:
     detail = read_transaction(_engine(request), lambda c: event_detail(c, seq))
     if detail is None:
         return _not_found(request, f"There is no event {seq}.")
-    return _page(request, "event.html", "Events", event=detail)
+    return page(request, "event.html", "Events", event=detail)
 
 
 @get("/events/{seq:int}/payload", guards=_VIEWER, sync_to_thread=True)
@@ -264,7 +271,7 @@ def event_payload(request: Request[Any, Any, Any], seq: _Seq) -> Template:
     except (ValueError, RecursionError):
         shown = body.decode("utf-8", errors="replace")
     partial = request.headers.get("hx-request") == "true"
-    return _page(request, "payload.html", "Events", seq=seq, payload=shown, partial=partial)
+    return page(request, "payload.html", "Events", seq=seq, payload=shown, partial=partial)
 
 
 # --- records ----------------------------------------------------------------------------------
@@ -282,7 +289,7 @@ def record_page(request: Request[Any, Any, Any], resource: _Text, record_id: _Te
         record_row(c, kind, record_id), record_timeline(c, kind, record_id, 200),
     ))  # fmt: skip
     audited(request, AuditAction.RECORD_VIEW, f"{kind.value} {record_id}")
-    return _page(request, "record.html", "Events", resource=kind.value, record_id=record_id,
+    return page(request, "record.html", "Events", resource=kind.value, record_id=record_id,
                  row=row, timeline=timeline)  # fmt: skip
 
 
@@ -303,8 +310,9 @@ def _held_candidates(connection: Any, run: runs.RunSummary) -> list[str]:
 
 
 @get("/runs", guards=_VIEWER, sync_to_thread=True)
-def runs_page(request: Request[Any, Any, Any]) -> Template:
+def runs_page(request: Request[Any, Any, Any], requested: _Query = None) -> Template:
     engine = _engine(request)
+    asked = read_transaction(engine, sync_requests.recent_requests)
     status = gather_status(engine, runs=50)
     latest_held: dict[str, runs.RunSummary] = {}
     for run in status.runs:  # the latest first: a resource's latest pass decides
@@ -315,7 +323,12 @@ def runs_page(request: Request[Any, Any, Any]) -> Template:
             continue
         ids = read_transaction(engine, functools.partial(_held_candidates, run=run))
         held.append(HeldRun(run, ids))
-    return _page(request, "runs.html", "Sync runs", status=status, held_runs=held)
+    flash = None
+    if requested and requested.isdigit():
+        flash = (f"Reconcile requested (#{requested}): the scheduler (serve with an API key, or "
+                 "a worker) takes it within seconds.")  # fmt: skip
+    return page(request, "runs.html", "Sync runs", status=status, held_runs=held,
+                requests=asked, flash=flash)  # fmt: skip
 
 
 # --- audit ------------------------------------------------------------------------------------
@@ -343,14 +356,14 @@ def audit_page(
     next_href = None
     if more and rows:
         next_href = "/console/audit?" + urlencode({**query, "before": rows[-1].id})
-    return _page(request, "audit.html", "Audit", rows=rows, actions=[str(a) for a in AuditAction],
+    return page(request, "audit.html", "Audit", rows=rows, actions=[str(a) for a in AuditAction],
                  filters={"actor": actor, "action": action}, next_href=next_href)  # fmt: skip
 
 
 def _not_found(request: Request[Any, Any, Any], message: str) -> Template:
-    page = _page(request, "error.html", "", heading="Not found", message=message)
-    page.status_code = 404
-    return page
+    answer = page(request, "error.html", "", heading="Not found", message=message)
+    answer.status_code = 404
+    return answer
 
 
 ROUTES = [login_page, login, logout, overview, events, event_page, event_payload, record_page,

@@ -6,7 +6,7 @@ Which packages may import it, and only through these names, is tests/test_layeri
 from __future__ import annotations
 
 import mirror
-from mirror import audit, leases, runs, sessions, tokens
+from mirror import audit, leases, runs, sessions, sync_requests, tokens
 
 
 def test_exported_members() -> None:
@@ -31,8 +31,8 @@ def test_exported_members() -> None:
             "prune_event_payloads", "read_event", "read_feed", "read_transaction",
             "reconcile_event", "record_counts", "record_row", "record_timeline",
             "record_write", "replay", "require_current", "runs", "sessions",
-            "sqlite_file", "storable_headers", "store_events", "tokens",
-            "unavailable_as_error", "unlisted_records", "unreadable_event",
+            "sqlite_file", "storable_headers", "store_events", "sync_requests",
+            "tokens", "unavailable_as_error", "unlisted_records", "unreadable_event",
             "unsettled_counts", "upgrade", "write_transaction"
         ]
     )  # fmt: skip
@@ -81,6 +81,10 @@ def test_the_access_modules() -> None:
             "record_audit"
         ]
     )  # fmt: skip
-    for module in (tokens, sessions, audit):
+    assert sorted(sync_requests.__all__) == [
+        "STALE_AFTER", "SyncRequest", "finish_request", "put_back", "recent_requests",
+        "request_sync", "take_request",
+    ]  # fmt: skip
+    for module in (tokens, sessions, audit, sync_requests):
         for name in module.__all__:
             assert getattr(module, name) is not None

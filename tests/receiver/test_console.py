@@ -17,10 +17,11 @@ from litestar.testing import TestClient
 from sqlalchemy import Engine, select
 
 from healthdock_mirror.cli import main
-from mirror.schema import audit_log, console_sessions
+from mirror.schema import audit_log, console_sessions, sync_requests, webhook_events
 from receiver import create_app
 from tests.conftest import make_settings
 from tests.factories import encode, event, patient, signed
+from tests.support.stored_events import fix_the_cause, refuse_patient
 
 BOOTSTRAP = "console-bootstrap-0123456789"
 
@@ -252,3 +253,85 @@ def test_bad_input_is_a_4xx_page_never_a_5xx(console: TestClient[Litestar], path
     response = console.get(path)
     assert 400 <= response.status_code < 500, (path, response.status_code)
     assert response.headers["content-security-policy"].startswith("default-src 'self'")
+
+
+def test_an_operator_replays_a_failed_event_after_a_dry_run_and_a_viewer_cannot(
+    database_url: str, console: TestClient[Litestar], engine: Engine
+) -> None:
+    refuse_patient(engine, "PATR1")
+    post_event(console, event("patient.created", patient("PATR1")))
+    fix_the_cause(engine)
+    viewer = token(database_url, "ward-viewer", "viewer")
+    operator = token(database_url, "night-operator", "operator")
+
+    sign_in(console, viewer)
+    listing = console.get("/console/events?status=failed")
+    assert "PATR1" in listing.text
+    assert "Replay these" not in listing.text  # a viewer sees no action it may not take
+    assert console.get("/console/replay?status=failed").status_code == 403
+    refused = console.post("/console/replay", data={"csrf_token": page_csrf(console),
+                                                    "status": "failed"})  # fmt: skip
+    assert refused.status_code == 403
+
+    console.cookies.clear()
+    sign_in(console, operator)
+    assert "Replay these" in console.get("/console/events?status=failed").text
+    preview = console.get("/console/replay?status=failed")
+    assert preview.status_code == 200
+    assert "would become" in preview.text
+    assert "created" in preview.text
+    assert event_status(engine, 1) == "failed"  # the dry run wrote nothing
+    without_csrf = console.post("/console/replay", data={"status": "failed"})
+    assert without_csrf.status_code == 403
+    assert event_status(engine, 1) == "failed"
+    done = console.post(
+        "/console/replay", data={"csrf_token": page_csrf(console), "status": "failed"}
+    )
+    assert done.status_code == 200
+    assert "Replayed 1 events" in done.text
+    assert event_status(engine, 1) == "applied"
+    replays = [a for a in audit_actions(engine) if a[1] == "replay"]
+    assert replays == [("night-operator", "replay", "status failed", "ok")]
+    bad = console.get("/console/replay")  # nothing selected
+    assert bad.status_code == 400
+
+
+def event_status(engine: Engine, seq: int) -> str:
+    with engine.connect() as connection:
+        return str(connection.execute(
+            select(webhook_events.c.status).where(webhook_events.c.seq == seq)
+        ).scalar_one())  # fmt: skip
+
+
+def test_sync_now_and_release_are_operators_and_leave_an_audited_request(
+    database_url: str, console: TestClient[Litestar], engine: Engine
+) -> None:
+    viewer = token(database_url, "ward-viewer", "viewer")
+    operator = token(database_url, "night-operator", "operator")
+    sign_in(console, viewer)
+    runs_page = console.get("/console/runs").text
+    assert "Sync now" not in runs_page
+    refused = console.post("/console/sync", data={"csrf_token": page_csrf(console)})
+    assert refused.status_code == 403
+    console.cookies.clear()
+    sign_in(console, operator)
+    assert console.post("/console/sync", data={"resource": "patient"}).status_code == 403  # CSRF
+    form = {"csrf_token": page_csrf(console), "resource": "patient"}
+    asked = console.post("/console/sync", data=form, follow_redirects=False)
+    assert asked.status_code == 303
+    assert asked.headers["location"] == "/console/runs?requested=1"
+    page = console.get("/console/runs?requested=1").text
+    assert "Reconcile requested (#1)" in page
+    assert "waiting for the scheduler" in page
+    bad = console.post("/console/sync", data={"csrf_token": page_csrf(console), "resource": "x"})
+    assert bad.status_code == 400
+    not_held = console.post("/console/runs/1/release", data={"csrf_token": page_csrf(console)})
+    assert not_held.status_code == 400
+    with engine.connect() as connection:
+        requests = connection.execute(select(sync_requests)).all()
+    assert [(r.resource, r.allow_mass_delete, r.requested_by) for r in requests] == [
+        ("patient", False, "night-operator")
+    ]
+    assert [a for a in audit_actions(engine) if a[1].startswith("sync.")] == [
+        ("night-operator", "sync.request", "patient", "ok")
+    ]
