@@ -82,9 +82,13 @@ class Settings(BaseSettings):
     # unset keeps them forever. Failed, pending and ignored events always keep theirs.
     event_retention_days: int | None = Field(default=None, gt=0)
     # Audit rows older than this many days are deleted (daily); unset keeps them forever.
-    audit_retention_days: int | None = Field(default=None, gt=0)
+    # At least 30: a trail that forgets within days answers no compliance question.
+    audit_retention_days: int | None = Field(default=None, ge=30)
     # A console session ends after this long without a request.
     console_session_minutes: float = Field(default=30.0, gt=0, le=24 * 60)
+    # The console's cookies carry Secure: browsers send them over HTTPS and to localhost only.
+    # Off only for a console reached over plain HTTP on another address (not recommended).
+    console_secure_cookies: bool = True
 
     @field_validator("webhook_secret", mode="before")
     @classmethod

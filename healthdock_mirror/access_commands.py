@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import click
+from sqlalchemy import Engine
 
 from healthdock_mirror.context import (
     configure_logs,
@@ -29,6 +30,7 @@ from mirror import (
     AuditAction,
     AuditOutcome,
     Role,
+    Selection,
     read_transaction,
     tokens,
     write_transaction,
@@ -49,6 +51,31 @@ def _actor() -> str:
 
 def _entry(action: AuditAction, target: str, outcome: AuditOutcome) -> audit_trail.AuditEntry:
     return audit_trail.AuditEntry(_actor(), ADMIN_ROLE, action, target, _CLIENT, outcome)
+
+
+def record_cli_action(engine: Engine, action: AuditAction, target: str) -> None:
+    """An operator's action from the command line, on the trail (committed) before it runs."""
+    entry = _entry(action, target, AuditOutcome.OK)
+    write_transaction(engine, functools.partial(audit_trail.record_audit, entry=entry))
+
+
+def describe_selection(selection: Selection) -> str:
+    """A replay selection as the trail shows it (ids, types, statuses, times: no values)."""
+    parts = []
+    if selection.everything:
+        parts.append("every stored event")
+    named = (("seq", selection.seqs), ("event id", selection.event_ids),
+             ("type", selection.event_types), ("status", selection.statuses))  # fmt: skip
+    for name, values in named:
+        if values:
+            parts.append(f"{name} {','.join(map(str, values))}")
+    if selection.source:
+        parts.append(f"source {selection.source}")
+    if selection.since:
+        parts.append(f"since {_iso(selection.since)}")
+    if selection.until:
+        parts.append(f"until {_iso(selection.until)}")
+    return ", ".join(parts)
 
 
 @click.group()
@@ -103,13 +130,14 @@ def list_tokens(as_json: bool) -> None:
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="tokens")
     for column in ("name", "role", "created", "revoked"):
         table.add_column(column)
     for t in found:
-        table.add_row(t.name, t.role, _iso(t.created_at),
-                      "-" if t.revoked_at is None else _iso(t.revoked_at))  # fmt: skip
+        revoked = "-" if t.revoked_at is None else _iso(t.revoked_at)
+        table.add_row(*(Text(cell) for cell in (t.name, t.role, _iso(t.created_at), revoked)))
     Console(width=None if sys.stdout.isatty() else 140).print(table)
 
 
@@ -175,13 +203,15 @@ def audit(
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"audit trail ({len(rows)} rows, newest first)")
     for column in ("at", "actor", "role", "action", "target", "client", "outcome"):
         table.add_column(column)
     for r in rows:
-        table.add_row(_iso(r.at), r.actor, r.role, r.action, r.target or "", r.client or "",
-                      r.outcome)  # fmt: skip
+        # As text, not markup: a target holds what a client typed (a filter, an id).
+        cells = (_iso(r.at), r.actor, r.role, r.action, r.target or "", r.client or "", r.outcome)
+        table.add_row(*(Text(cell) for cell in cells))
     Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 

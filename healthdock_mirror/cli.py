@@ -14,7 +14,12 @@ import click
 from sqlalchemy import Engine
 
 from config import ConfigurationError
-from healthdock_mirror.access_commands import audit, token
+from healthdock_mirror.access_commands import (
+    audit,
+    describe_selection,
+    record_cli_action,
+    token,
+)
 from healthdock_mirror.context import configure_logs as _configure_logging
 from healthdock_mirror.context import database as _database
 from healthdock_mirror.context import ensure_schema as _ensure_schema
@@ -24,6 +29,7 @@ from healthdock_mirror.context import settings_or_exit as _settings
 from mirror import (
     REPLAY_SKIPPED,
     REPLAYABLE_SOURCES,
+    AuditAction,
     Effect,
     EventStatus,
     Resource,
@@ -144,6 +150,9 @@ def sync(resource: str | None, allow_mass_delete: bool) -> None:
         def progress(r: Resource) -> Callable[[int, int], None]:
             return lambda done, total: bar.update(tasks[r], completed=done, total=total or None)
 
+        what = ", ".join(r.value for r in resources)
+        action = AuditAction.SYNC_RELEASE if allow_mass_delete else AuditAction.SYNC_REQUEST
+        record_cli_action(engine, action, what + (" (brake released)" if allow_mass_delete else ""))
         try:
             results = asyncio.run(
                 run_reconcile(
@@ -325,6 +334,9 @@ def replay(
     if dry_run:
         click.echo("dry run: what a replay would do; nothing is written")
     with _database(settings) as engine:
+        if not dry_run:
+            # On the trail before anything is replayed, like the console's replay.
+            record_cli_action(engine, AuditAction.REPLAY, describe_selection(selection))
         summary = replay_events(
             engine, selection, dry_run=dry_run, batch_size=batch_size, on_event=show
         )

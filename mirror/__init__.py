@@ -77,6 +77,7 @@ from mirror.replay import (
     ReplaySummary,
     Selection,
     SelectionError,
+    count_selected,
     replay,
 )
 from mirror.retention import prune_event_payloads
@@ -145,6 +146,7 @@ __all__ = [
     "VersionKey",
     "apply_writes",
     "audit",
+    "count_selected",
     "count_unlisted",
     "create_mirror_engine",
     "current_revision",

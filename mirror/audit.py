@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 
 from mirror.database import as_utc, write_transaction
 from mirror.schema import audit_log
-from mirror.states import AuditOutcome
+from mirror.states import ADMIN_ROLE, AuditAction, AuditOutcome
 
 __all__ = ["MAX_TARGET", "AuditEntry", "AuditRow", "prune_audit", "read_audit", "record_audit"]
 
@@ -106,11 +106,16 @@ def read_audit(
 
 
 def prune_audit(engine: Engine, older_than: timedelta) -> int:
-    """Delete the rows older than ``older_than``; return how many. Retention's alone."""
+    """Delete the rows older than ``older_than``; return how many. Retention's alone, and
+    itself on the trail: a row says when, up to what and how many (in the same transaction)."""
     cutoff = datetime.now(UTC) - older_than
-    return write_transaction(
-        engine,
-        lambda connection: int(
-            connection.execute(delete(audit_log).where(audit_log.c.at < cutoff)).rowcount
-        ),
-    )
+
+    def prune(connection: Connection) -> int:
+        removed = int(connection.execute(delete(audit_log).where(audit_log.c.at < cutoff)).rowcount)
+        if removed:
+            target = f"{removed} rows before {cutoff.isoformat(timespec='seconds')}"
+            record_audit(connection, AuditEntry("retention", ADMIN_ROLE, AuditAction.AUDIT_PRUNE,
+                                                target, None))  # fmt: skip
+        return removed
+
+    return write_transaction(engine, prune)

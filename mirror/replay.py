@@ -154,6 +154,13 @@ class ReplaySummary:
         return self.counts[EventStatus.FAILED]
 
 
+def count_selected(connection: Connection, selection: Selection) -> int:
+    """How many stored events the selection names (validated first)."""
+    selection.validate()
+    query = select(func.count()).select_from(webhook_events).where(*selection.conditions())
+    return int(connection.execute(query).scalar_one())
+
+
 def replay(
     engine: Engine,
     selection: Selection,

@@ -247,6 +247,7 @@ sync_requests = Table(
     Column("id", _Serial, primary_key=True, autoincrement=True),
     Column("resource", String(16), comment="patient, appointment, or NULL for both"),
     Column("allow_mass_delete", Boolean, nullable=False, comment="release the brake"),
+    Column("held_run_id", BigInteger, comment="the held pass a release is for"),
     Column("requested_by", String(64), nullable=False),
     Column("requested_at", _Timestamp, nullable=False),
     Column("started_at", _Timestamp),

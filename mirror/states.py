@@ -103,5 +103,7 @@ class AuditAction(StrEnum):
     REPLAY = "replay"
     SYNC_REQUEST = "sync.request"
     SYNC_RELEASE = "sync.release"
+    ACCESS_DENIED = "access.denied"  # a known token whose role may not, or a bad CSRF token
+    AUDIT_PRUNE = "audit.prune"  # retention deleted rows of this trail
     TOKEN_CREATE = "token.create"  # noqa: S105 (an action's name, not a secret)
     TOKEN_REVOKE = "token.revoke"  # noqa: S105

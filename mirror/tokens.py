@@ -45,6 +45,9 @@ BOOTSTRAP_NAME = "admin"
 NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,63}"
 _NAME = re.compile(NAME_PATTERN)
 _PREFIX = "hdm_"
+# Actors the audit trail names without a token: the bootstrap token, a failed sign-in, the
+# command line (cli:<user>), retention.
+_RESERVED = frozenset({BOOTSTRAP_NAME, "unknown", "retention", "-"})
 
 
 class TokenError(MirrorError):
@@ -113,8 +116,8 @@ def create_token(connection: Connection, name: str, role: Role) -> str:
             "a token's name is 1-64 characters: lower-case letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
-    if name == BOOTSTRAP_NAME:
-        raise TokenError(f"{BOOTSTRAP_NAME!r} is the bootstrap token's name; choose another")
+    if name in _RESERVED or name.startswith("cli"):
+        raise TokenError(f"{name!r} names someone else in the audit trail; choose another")
     token = _PREFIX + secrets.token_urlsafe(32)
     try:
         with connection.begin_nested():

@@ -28,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from config import Settings
 from mirror import (
+    AuditAction,
     AuditOutcome,
     DatabaseUnavailable,
     Role,
@@ -107,6 +108,7 @@ def require_role(role: Role) -> Callable[..., Any]:
     async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         principal = await _principal(connection)
         if not principal.may(role):
+            await asyncio.to_thread(deny, connection, principal, f"needs {role}")
             raise PermissionDeniedException(
                 f"the token {principal.name!r} ({principal.role}) may not do this: "
                 f"it needs the {role} role"
@@ -115,6 +117,21 @@ def require_role(role: Role) -> Callable[..., Any]:
 
     guard.__name__ = f"require_{role}"
     return guard
+
+
+def deny(
+    connection: ASGIConnection[Any, Any, Any, Any], principal: tokens.Principal, why: str
+) -> None:
+    """Record a refusal of a known principal (its role may not, or a bad CSRF token)."""
+    target = f"{connection.scope.get('method', '')} {connection.url.path[:200]}: {why}"
+    entry = audit.AuditEntry(principal.name, principal.role, AuditAction.ACCESS_DENIED, target,
+                             client_address(connection), AuditOutcome.DENIED)  # fmt: skip
+    engine: Engine = connection.app.state.engine
+    try:
+        write_transaction(engine, functools.partial(audit.record_audit, entry=entry))
+    except (SQLAlchemyError, DatabaseUnavailable) as error:
+        # The refusal stands either way; only that it could not be recorded is logged.
+        log.error("audit: a refusal could not be written (%s)", type(error).__name__)
 
 
 def audited(

@@ -32,6 +32,8 @@ from mirror import (
     audit,
     leases,
     prune_event_payloads,
+    read_transaction,
+    runs,
     sync_requests,
     write_transaction,
 )
@@ -115,23 +117,42 @@ async def run_requested(settings: Settings, engine: Engine) -> None:
         return
     if request is None:
         return
+    try:
+        outcome = await _run_request(settings, engine, request)
+    except leases.LeaseHeld as held:
+        log.info("requested reconcile %d waits: %s", request.id, held)
+        put_back = functools.partial(sync_requests.put_back, request=request)
+        await asyncio.to_thread(write_transaction, engine, put_back)
+        return
+    except Exception as error:  # a bug: the request must not stay taken for ever
+        log.error("requested reconcile %d failed: %s", request.id, type(error).__name__)
+        outcome = RunOutcome.FAILED
+    finish = functools.partial(sync_requests.finish_request, request=request, outcome=outcome)
+    await asyncio.to_thread(write_transaction, engine, finish)
+    log.info("requested reconcile %d by %s: %s", request.id, request.requested_by, outcome)
+
+
+async def _run_request(
+    settings: Settings, engine: Engine, request: sync_requests.SyncRequest
+) -> str:
     resources = list(Resource) if request.resource is None else [Resource(request.resource)]
+    if request.held_run_id is not None:
+        # A release is for the held pass the operator saw: if a pass ran since, the brake's
+        # verdict is that pass's to give, not this request's.
+        latest = await asyncio.to_thread(
+            read_transaction, engine, functools.partial(runs.latest_runs, limit=50)
+        )
+        newest = next((r for r in latest if r.resource == request.resource), None)
+        if newest is None or newest.id != request.held_run_id or newest.outcome != RunOutcome.HELD:
+            return "superseded"
     try:
         results = await run_reconcile(settings, engine, resources,
                                       allow_mass_delete=request.allow_mass_delete)  # fmt: skip
-    except leases.LeaseHeld as held:
-        log.info("requested reconcile %d waits: %s", request.id, held)
-        put_back = functools.partial(sync_requests.put_back, request_id=request.id)
-        await asyncio.to_thread(write_transaction, engine, put_back)
-        return
     except (DatabaseUnavailable, UpstreamError) as error:
         log.warning("requested reconcile %d failed: %s", request.id, error)
-        results = []
+        return RunOutcome.FAILED
     outcomes = [result.outcome for result in results] or [RunOutcome.FAILED]
-    worst = next((o for o in _WORST_FIRST if o in outcomes), outcomes[0])
-    finish = functools.partial(sync_requests.finish_request, request_id=request.id, outcome=worst)
-    await asyncio.to_thread(write_transaction, engine, finish)
-    log.info("requested reconcile %d by %s: %s", request.id, request.requested_by, worst)
+    return next((o for o in _WORST_FIRST if o in outcomes), outcomes[0])
 
 
 _WORST_FIRST = (RunOutcome.FAILED, RunOutcome.INCOMPLETE, RunOutcome.HELD, RunOutcome.SUCCESS)

@@ -165,7 +165,11 @@ def test_the_trail_is_append_only_and_only_retention_deletes(
         connection.execute(old)
     assert audit_trail.prune_audit(engine, timedelta(days=1)) == 0
     assert audit_trail.prune_audit(engine, timedelta(seconds=-60)) == 2
-    assert read_transaction(engine, audit_trail.read_audit) == []
+    # Retention leaves its own row: the trail says it was cut, when, and by how much.
+    [left] = read_transaction(engine, audit_trail.read_audit)
+    assert (left.actor, left.action) == ("retention", "audit.prune")
+    assert left.target is not None
+    assert left.target.startswith("2 rows before ")
 
 
 def test_prune_applies_the_audit_retention(database_url: str, engine: Engine) -> None:
@@ -175,3 +179,30 @@ def test_prune_applies_the_audit_retention(database_url: str, engine: Engine) ->
     assert result.exit_code == 0, result.output
     assert "removed 0 audit rows older than 30 days" in result.output
     assert len(audit_rows(database_url)) == 1
+
+
+def test_a_replay_from_the_command_line_is_on_the_trail_before_it_runs(
+    database_url: str, engine: Engine
+) -> None:
+    dry = cli(database_url, "replay", "--status", "failed", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert audit_rows(database_url, "--action", "replay") == []  # a dry run changes nothing
+    done = cli(database_url, "replay", "--status", "failed", "--type", "patient.created")
+    assert done.exit_code == 0, done.output
+    [row] = audit_rows(database_url, "--action", "replay")
+    assert row["actor"].startswith("cli")
+    assert row["target"] == "type patient.created, status failed"
+
+
+def test_a_sync_from_the_command_line_is_on_the_trail(database_url: str, engine: Engine) -> None:
+    env = {
+        "HEALTHDOCK_DATABASE_URL": database_url,
+        "HEALTHDOCK_API_KEY": "key-for-nothing",
+        "HEALTHDOCK_API_URL": "http://127.0.0.1:9/v1",  # nothing listens: the pass gives up
+        "HEALTHDOCK_API_ATTEMPTS": "1",
+    }
+    result = CliRunner().invoke(main, ["sync", "patients", "--allow-mass-delete"], env=env)
+    assert result.exit_code == 1  # incomplete, as expected
+    [row] = audit_rows(database_url, "--action", "sync.release")
+    assert row["target"] == "patient (brake released)"
+    assert row["actor"].startswith("cli")

@@ -30,6 +30,7 @@ def upgrade() -> None:
             "resource", sa.String(length=16), comment="patient, appointment, or NULL for both"
         ),
         sa.Column("allow_mass_delete", sa.Boolean(), nullable=False, comment="release the brake"),
+        sa.Column("held_run_id", sa.BigInteger(), comment="the held pass a release is for"),
         sa.Column("requested_by", sa.String(length=64), nullable=False),
         sa.Column("requested_at", _Timestamp, nullable=False),
         sa.Column("started_at", _Timestamp),

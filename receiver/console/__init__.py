@@ -52,9 +52,15 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
+def _segment(value: object) -> str:
+    """One URL path segment: a record id with a '/' or '..' in it stays one segment."""
+    return quote(str(value), safe="")
+
+
 def _filters(engine: JinjaTemplateEngine) -> None:
     engine.engine.filters["when"] = _when
     engine.engine.filters["age"] = _age
+    engine.engine.filters["segment"] = _segment
 
 
 def template_config() -> TemplateConfig[JinjaTemplateEngine]:

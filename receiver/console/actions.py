@@ -42,7 +42,12 @@ class SyncForm:
 
 
 def _request(
-    request: Request[Any, Any, Any], resource: str | None, *, release: bool, target: str
+    request: Request[Any, Any, Any],
+    resource: str | None,
+    *,
+    release: bool,
+    target: str,
+    held_run_id: int | None = None,
 ) -> int:
     principal = request.state.principal
     entry = audit.AuditEntry(principal.name, principal.role,
@@ -50,8 +55,10 @@ def _request(
                              target, client_address(request))  # fmt: skip
 
     def leave(connection: Any) -> int:
-        request_id = sync_requests.request_sync(connection, resource, allow_mass_delete=release,
-                                                actor=principal.name)  # fmt: skip
+        request_id = sync_requests.request_sync(
+            connection, resource, allow_mass_delete=release, actor=principal.name,
+            held_run_id=held_run_id,
+        )  # fmt: skip
         audit.record_audit(connection, entry)
         return request_id
 
@@ -82,7 +89,8 @@ def release_held(
     newest = next((r for r in latest if run is not None and r.resource == run.resource), None)
     if run is None or run.outcome != RunOutcome.HELD or newest is not run:
         raise BadParameter(f"run {run_id} is not the held pass of its resource (reload the page)")
-    request_id = _request(request, run.resource, release=True, target=f"run {run_id}")
+    request_id = _request(request, run.resource, release=True, target=f"run {run_id}",
+                          held_run_id=run_id)  # fmt: skip
     return Redirect(f"/console/runs?requested={request_id}", status_code=303)
 
 

@@ -21,7 +21,7 @@ import functools
 import hmac
 import secrets
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict, deque
 from datetime import timedelta
 from typing import Any
 
@@ -43,7 +43,7 @@ from mirror import (
     tokens,
     write_transaction,
 )
-from receiver.access import client_address, configured_admin_token
+from receiver.access import client_address, configured_admin_token, deny
 
 SESSION_COOKIE = "hdm_session"
 LOGIN_COOKIE = "hdm_login"
@@ -117,6 +117,7 @@ def signed_in(role: Role) -> Any:
     async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         session = await current_session(connection)
         if not session.principal.may(role):
+            await asyncio.to_thread(deny, connection, session.principal, f"needs {role}")
             raise ConsoleForbidden(detail=f"the {role} role is needed for this")
 
     guard.__name__ = f"signed_in_as_{role}"
@@ -127,6 +128,7 @@ def check_csrf(request: Request[Any, Any, Any], presented: str | None) -> None:
     """The form's CSRF token must be the session's; a mismatch is refused (403)."""
     session: sessions.Session = request.state.session
     if not presented or not hmac.compare_digest(presented.encode(), session.csrf_token.encode()):
+        deny(request, session.principal, "CSRF token missing or wrong")
         raise ConsoleForbidden(detail="the form's CSRF token is missing or wrong: reload the page")
 
 
@@ -146,30 +148,52 @@ def safe_next(value: str | None) -> str:
 
 
 class LoginThrottle:
-    """Failed sign-ins per client address in a sliding window (one receiver process)."""
+    """Sign-in attempts per client address in a sliding window (one receiver process).
+
+    An attempt counts from before its token is looked up, so parallel guesses cannot all
+    slip through while the first is still being checked; a success forgets the client's.
+    """
+
+    _CLIENTS = 10_000  # remembered at most: the least recently seen are forgotten first
 
     def __init__(self, limit: int = _FAILURES, window: float = _FAILURE_WINDOW) -> None:
         self._limit = limit
         self._window = window
-        self._failures: defaultdict[str, deque[float]] = defaultdict(deque)
+        self._attempts: OrderedDict[str, deque[float]] = OrderedDict()
+        self._refused: dict[str, float] = {}
 
     def _recent(self, client: str) -> deque[float]:
-        failures = self._failures[client]
+        attempts = self._attempts.setdefault(client, deque())
+        self._attempts.move_to_end(client)
         cutoff = time.monotonic() - self._window
-        while failures and failures[0] < cutoff:
-            failures.popleft()
-        return failures
+        while attempts and attempts[0] < cutoff:
+            attempts.popleft()
+        while len(self._attempts) > self._CLIENTS:
+            self._attempts.popitem(last=False)
+        return attempts
 
-    def blocked(self, client: str) -> bool:
-        return len(self._recent(client)) >= self._limit
+    def admit(self, client: str) -> bool:
+        """Count an attempt: False when the client has used up its window already."""
+        attempts = self._recent(client)
+        if len(attempts) >= self._limit:
+            return False
+        attempts.append(time.monotonic())
+        return True
 
-    def failed(self, client: str) -> None:
-        self._recent(client).append(time.monotonic())
-        if len(self._failures) > 10_000:  # a flood of addresses must not grow this for ever
-            self._failures.clear()
+    def first_refusal(self, client: str) -> bool:
+        """Whether this refusal is the window's first (the only one the trail records)."""
+        now = time.monotonic()
+        noted = self._refused.get(client)
+        if noted is not None and now - noted < self._window:
+            return False
+        self._refused[client] = now
+        if len(self._refused) > self._CLIENTS:
+            self._refused.clear()  # at worst, one more row per client
+        return True
 
     def succeeded(self, client: str) -> None:
-        self._failures.pop(client, None)
+        self._attempts.pop(client, None)
+        self._refused.pop(client, None)
 
 
 def _audit(engine: Engine, entry: audit.AuditEntry) -> None:
@@ -182,16 +206,17 @@ async def sign_in(
     """A new session for ``presented``: (cookie id, session); or why not (a message)."""
     engine, settings = _engine(request), _settings(request)
     client = client_address(request) or "unknown"
-    if throttle.blocked(client):
-        entry = audit.AuditEntry("unknown", "-", AuditAction.CONSOLE_LOGIN, "throttled", client,
-                                 AuditOutcome.DENIED)  # fmt: skip
-        await asyncio.to_thread(_audit, engine, entry)
+    if not throttle.admit(client):
+        if throttle.first_refusal(client):
+            # One row a window: a flood of guesses must not grow the trail without bound.
+            entry = audit.AuditEntry("unknown", "-", AuditAction.CONSOLE_LOGIN, "throttled",
+                                     client, AuditOutcome.DENIED)  # fmt: skip
+            await asyncio.to_thread(_audit, engine, entry)
         raise TooManyAttempts(detail="too many failed sign-ins from here: wait a few minutes")
     find = functools.partial(tokens.authenticate, presented=presented.strip(),
                              bootstrap=configured_admin_token(settings))  # fmt: skip
     principal = await asyncio.to_thread(read_transaction, engine, find) if presented else None
     if principal is None or not principal.may(Role.VIEWER):
-        throttle.failed(client)
         actor = "unknown" if principal is None else principal.name
         role = "-" if principal is None else principal.role
         why = "unknown or revoked token" if principal is None else "no console role"
@@ -216,7 +241,7 @@ async def sign_in(
 def session_cookie(request: Request[Any, Any, Any], value: str, *, expire: bool = False) -> Cookie:
     return Cookie(
         key=SESSION_COOKIE, value="" if expire else value, path=_PATH, httponly=True,
-        samesite="strict", secure=request.url.scheme == "https",
+        samesite="strict", secure=_settings(request).console_secure_cookies,
         max_age=0 if expire else None,
     )  # fmt: skip
 
@@ -225,7 +250,7 @@ def login_cookie(request: Request[Any, Any, Any]) -> tuple[str, Cookie]:
     """A fresh double-submit token for the sign-in form, and its cookie."""
     value = secrets.token_urlsafe(24)
     cookie = Cookie(key=LOGIN_COOKIE, value=value, path=_PATH, httponly=True, samesite="strict",
-                    secure=request.url.scheme == "https", max_age=1800)  # fmt: skip
+                    secure=_settings(request).console_secure_cookies, max_age=1800)  # fmt: skip
     return value, cookie
 
 

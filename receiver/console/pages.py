@@ -8,6 +8,7 @@ parameter, never a 5xx, never the value echoed in a log.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 from dataclasses import dataclass
@@ -124,6 +125,11 @@ async def login(
         answer.status_code = 403
         return answer
     outcome = await sign_in(request, data.token[:512], throttle)
+    previous = request.cookies.get("hdm_session")
+    if previous and not isinstance(outcome, str):
+        # A new sign-in ends the session this browser had (a shared workstation's).
+        end = functools.partial(sessions.end_session, session_id=previous)
+        await asyncio.to_thread(write_transaction, _engine(request), end)
     if isinstance(outcome, str):
         value, cookie = login_cookie(request)
         answer = page(request, "login.html", "", login_csrf=value, next=safe_next(data.next),
@@ -197,7 +203,8 @@ def instant_parameter(name: str, value: str | None) -> datetime | None:
         moment = datetime.fromisoformat(value)
     except ValueError:
         raise BadParameter(f"{name}: not a date and time (use the picker, or ISO 8601)") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    # SQLite keeps naive UTC: an instant with another offset must be converted, not kept.
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _positive(name: str, value: str | None) -> int | None:
@@ -277,14 +284,15 @@ def event_payload(request: Request[Any, Any, Any], seq: _Seq) -> Template:
 # --- records ----------------------------------------------------------------------------------
 
 
-@get("/records/{resource:str}/{record_id:str}", guards=_VIEWER, sync_to_thread=True)
+@get("/records/{resource:str}/{record_id:path}", guards=_VIEWER, sync_to_thread=True)
 def record_page(request: Request[Any, Any, Any], resource: _Text, record_id: _Text) -> Template:
     try:
         kind = Resource(resource)
     except ValueError:
         raise BadParameter("resource: patient or appointment") from None
-    if len(record_id) > 128:
-        raise BadParameter("record id: at most 128 characters")
+    record_id = record_id.removeprefix("/")  # a path parameter keeps its leading slash
+    if not record_id or len(record_id) > 128:
+        raise BadParameter("record id: 1 to 128 characters")
     row, timeline = read_transaction(_engine(request), lambda c: (
         record_row(c, kind, record_id), record_timeline(c, kind, record_id, 200),
     ))  # fmt: skip

@@ -9,6 +9,7 @@ row (``replay``, the selection) is written before anything is replayed.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -18,11 +19,14 @@ from litestar.response import Template
 from sqlalchemy import Engine
 
 from mirror import (
+    EVENT_TYPES,
     AuditAction,
     ReplayedEvent,
     Role,
     Selection,
     SelectionError,
+    count_selected,
+    read_transaction,
     replay,
 )
 from receiver.access import audited
@@ -31,6 +35,9 @@ from receiver.console.pages import BadParameter, instant_parameter, page
 
 _OPERATOR = [signed_in(Role.OPERATOR)]
 _SHOWN = 200  # events listed on the page; the counts cover every one
+# The most one console replay takes: a dry run holds SQLite's write lock while it runs, and
+# webhooks wait for it. The command line's replay takes any number, in batches.
+MAX_EVENTS = 1000
 _Query = Annotated[str | None, QueryParameter()]
 
 
@@ -46,6 +53,8 @@ class ReplayForm:
 
 
 def _selection(form: ReplayForm) -> Selection:
+    if form.type and form.type not in EVENT_TYPES:
+        raise BadParameter("type: one of the event types HealthDock sends")
     if form.seq and (not form.seq.isdigit() or len(form.seq) > 18):
         raise BadParameter("seq: a positive whole number")
     selection = Selection(
@@ -67,6 +76,16 @@ def _describe(form: ReplayForm) -> str:
     named = (("seq", form.seq), ("status", form.status), ("source", form.source),
              ("type", form.type), ("since", form.since), ("until", form.until))  # fmt: skip
     return ", ".join(f"{name} {value}" for name, value in named if value)
+
+
+def _counted(engine: Engine, selection: Selection) -> int:
+    count = read_transaction(engine, functools.partial(count_selected, selection=selection))
+    if count > MAX_EVENTS:
+        raise BadParameter(
+            f"{count} events match: the console replays at most {MAX_EVENTS} at a time (narrow "
+            "the selection, or use `healthdock-mirror replay`)"
+        )
+    return count
 
 
 def _run(engine: Engine, selection: Selection, *, dry_run: bool) -> tuple[Any, list[ReplayedEvent]]:
@@ -93,7 +112,9 @@ def replay_preview(
     form = ReplayForm("", status or "", source or "", type or "", since or "", until or "",
                       seq or "")  # fmt: skip
     engine: Engine = request.app.state.engine
-    summary, shown = _run(engine, _selection(form), dry_run=True)
+    selection = _selection(form)
+    _counted(engine, selection)
+    summary, shown = _run(engine, selection, dry_run=True)
     return page(request, "replay.html", "Events", form=form, summary=summary, events=shown,
                 described=_describe(form), done=False)  # fmt: skip
 
@@ -103,8 +124,9 @@ def replay_confirmed(request: Request[Any, Any, Any], data: URLEncodedBody[Repla
     check_csrf(request, data.csrf_token)
     selection = _selection(data)
     engine: Engine = request.app.state.engine
+    count = _counted(engine, selection)
     # The row first: an operator's replay is on the trail even if it fails half way.
-    audited(request, AuditAction.REPLAY, _describe(data))
+    audited(request, AuditAction.REPLAY, f"{_describe(data)} ({count} events)")
     summary, shown = _run(engine, selection, dry_run=False)
     return page(request, "replay.html", "Events", form=data, summary=summary, events=shown,
                 described=_describe(data), done=True)  # fmt: skip

@@ -23,17 +23,17 @@ def test_exported_members() -> None:
             "ReplayedEvent", "Resource", "Role", "RunKind", "RunOutcome",
             "SchemaNotCurrent", "Selection", "SelectionError", "UNSETTLED", "Unlisted",
             "UnsettledEvent", "Version", "VersionError", "VersionKey", "apply_writes",
-            "audit", "count_unlisted", "create_mirror_engine", "current_revision",
-            "decode_document", "dedup_key", "event_body", "event_count", "event_counts",
-            "event_detail", "events_per_hour", "gather_status", "head_revision",
-            "ingest", "is_sqlite", "last_received", "leases", "list_events",
-            "oldest_unsettled", "parse_instant", "prepare_for_writing",
-            "prune_event_payloads", "read_event", "read_feed", "read_transaction",
-            "reconcile_event", "record_counts", "record_row", "record_timeline",
-            "record_write", "replay", "require_current", "runs", "sessions",
-            "sqlite_file", "storable_headers", "store_events", "sync_requests",
-            "tokens", "unavailable_as_error", "unlisted_records", "unreadable_event",
-            "unsettled_counts", "upgrade", "write_transaction"
+            "audit", "count_selected", "count_unlisted", "create_mirror_engine",
+            "current_revision", "decode_document", "dedup_key", "event_body",
+            "event_count", "event_counts", "event_detail", "events_per_hour",
+            "gather_status", "head_revision", "ingest", "is_sqlite", "last_received",
+            "leases", "list_events", "oldest_unsettled", "parse_instant",
+            "prepare_for_writing", "prune_event_payloads", "read_event", "read_feed",
+            "read_transaction", "reconcile_event", "record_counts", "record_row",
+            "record_timeline", "record_write", "replay", "require_current", "runs",
+            "sessions", "sqlite_file", "storable_headers", "store_events",
+            "sync_requests", "tokens", "unavailable_as_error", "unlisted_records",
+            "unreadable_event", "unsettled_counts", "upgrade", "write_transaction"
         ]
     )  # fmt: skip
     for name in mirror.__all__:

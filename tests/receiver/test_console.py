@@ -76,7 +76,9 @@ def audit_actions(engine: Engine) -> list[tuple[str, str, str | None, str]]:
 
 @pytest.fixture
 def console(database_url: str, engine: Engine) -> Any:
-    with TestClient(create_app(make_settings(database_url, admin_token=BOOTSTRAP))) as client:
+    with TestClient(
+        create_app(make_settings(database_url, admin_token=BOOTSTRAP, console_secure_cookies=False))
+    ) as client:
         yield client
 
 
@@ -170,7 +172,10 @@ def test_log_out_needs_the_csrf_token_and_ends_the_session(
     out = console.post("/console/logout", data={"csrf_token": csrf}, follow_redirects=False)
     assert out.status_code == 303
     assert console.get("/console", follow_redirects=False).status_code == 303
-    assert [a[1] for a in audit_actions(engine)] == ["console.login", "console.logout"]
+    assert [a[1] for a in audit_actions(engine)] == [
+        "console.login", "access.denied", "console.logout",
+    ]  # fmt: skip
+    assert audit_actions(engine)[1][2] == "POST /console/logout: CSRF token missing or wrong"
 
 
 def test_a_revoked_tokens_session_stops_at_its_next_request(
@@ -186,7 +191,12 @@ def test_a_revoked_tokens_session_stops_at_its_next_request(
 
 
 def test_an_idle_session_ends(database_url: str, engine: Engine) -> None:
-    settings = make_settings(database_url, admin_token=BOOTSTRAP, console_session_minutes=0.02)
+    settings = make_settings(
+        database_url,
+        admin_token=BOOTSTRAP,
+        console_session_minutes=0.02,
+        console_secure_cookies=False,
+    )
     with TestClient(create_app(settings)) as client:
         sign_in(client, BOOTSTRAP)
         assert client.get("/console").status_code == 200
@@ -291,7 +301,7 @@ def test_an_operator_replays_a_failed_event_after_a_dry_run_and_a_viewer_cannot(
     assert "Replayed 1 events" in done.text
     assert event_status(engine, 1) == "applied"
     replays = [a for a in audit_actions(engine) if a[1] == "replay"]
-    assert replays == [("night-operator", "replay", "status failed", "ok")]
+    assert replays == [("night-operator", "replay", "status failed (1 events)", "ok")]
     bad = console.get("/console/replay")  # nothing selected
     assert bad.status_code == 400
 
@@ -335,3 +345,32 @@ def test_sync_now_and_release_are_operators_and_leave_an_audited_request(
     assert [a for a in audit_actions(engine) if a[1].startswith("sync.")] == [
         ("night-operator", "sync.request", "patient", "ok")
     ]
+
+
+def test_cookies_are_secure_by_default_and_a_refused_operator_action_is_audited(
+    database_url: str, engine: Engine
+) -> None:
+    viewer = token(database_url, "ward-viewer", "viewer")
+    with TestClient(create_app(make_settings(database_url))) as client:
+        signed_in = sign_in(client, viewer)
+        assert "secure" in signed_in.headers["set-cookie"].lower()
+    settings = make_settings(database_url, console_secure_cookies=False)
+    with TestClient(create_app(settings)) as client:
+        sign_in(client, viewer)
+        assert client.get("/console/replay?status=failed").status_code == 403
+    denied = [a for a in audit_actions(engine) if a[1] == "access.denied"]
+    assert denied == [("ward-viewer", "access.denied", "GET /console/replay: needs operator",
+                       "denied")]  # fmt: skip
+
+
+def test_a_record_id_with_a_slash_or_dots_is_one_record(
+    console: TestClient[Litestar], engine: Engine
+) -> None:
+    post_event(console, event("patient.created", patient("A/../B")))
+    sign_in(console, BOOTSTRAP)
+    listing = console.get("/console/events").text
+    assert 'href="/console/records/patient/A%2F..%2FB"' in listing
+    record = console.get("/console/records/patient/A%2F..%2FB")
+    assert record.status_code == 200
+    assert "Patient A/../B" in record.text
+    assert [(a[1], a[2]) for a in audit_actions(engine)][-1] == ("record.view", "patient A/../B")

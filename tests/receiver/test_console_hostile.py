@@ -34,7 +34,9 @@ def signed_in(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient[L
     url = f"sqlite:///{tmp_path_factory.mktemp('console') / 'mirror.db'}"
     engine: Engine = create_mirror_engine(url)
     upgrade(engine)
-    with TestClient(create_app(make_settings(url, admin_token=BOOTSTRAP))) as client:
+    with TestClient(
+        create_app(make_settings(url, admin_token=BOOTSTRAP, console_secure_cookies=False))
+    ) as client:
         page = client.get("/console/login").text
         csrf = re.search(r'name="csrf_token" value="([^"]+)"', page)
         assert csrf is not None
