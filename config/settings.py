@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     # From the end of the head until the whole body is in: 1 MiB in 30 s is 35 kB/s.
     body_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    # Proxies whose X-Forwarded-For names the client (comma-separated addresses or networks;
+    # "*" trusts every peer): the address the audit trail and the sign-in throttle record.
+    forwarded_allow_ips: str = "127.0.0.1"
     # Open connections at once; more are answered 503 with Retry-After and closed.
     max_connections: int = Field(default=256, ge=1, le=65_536)
     # Group commit: events arriving together share one transaction and one fsync.

@@ -2,7 +2,8 @@
 
 The browser holds a random session id (256 bits) in an ``HttpOnly`` cookie; the table holds its
 SHA-256, who logged in, with which token, and the session's CSRF token. A session lives while
-it is used: one idle longer than the timeout is gone, and so is one whose token was revoked (or,
+it is used, for ``MAX_AGE`` at most: one idle longer than the timeout is gone, and so is one
+whose token was revoked (or,
 for the bootstrap token, changed or removed from the settings) since it logged in: that is
 checked at every request, so a revocation ends its sessions at once.
 """
@@ -22,10 +23,12 @@ from mirror.schema import api_tokens, console_sessions
 from mirror.states import ADMIN_ROLE
 from mirror.tokens import Principal, token_hash
 
-__all__ = ["Session", "end_session", "find_session", "start_session"]
+__all__ = ["MAX_AGE", "Session", "end_session", "find_session", "start_session"]
 
 # last_seen_at is written at most this often: a page view need not always be a write.
 _TOUCH_EVERY = timedelta(seconds=30)
+# However busy, a session ends this long after its sign-in: a sign-in a day, at least.
+MAX_AGE = timedelta(hours=12)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +72,9 @@ def find_session(
     )
     row = connection.execute(
         select(c.actor, c.role, c.token_hash, c.csrf_token, c.last_seen_at, token_alive).where(
-            c.id_hash == _id_hash(session_id), c.last_seen_at >= now - idle
+            c.id_hash == _id_hash(session_id),
+            c.last_seen_at >= now - idle,
+            c.created_at >= now - MAX_AGE,
         )
     ).first()
     if row is None:

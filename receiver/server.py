@@ -282,6 +282,10 @@ def serve(app: Litestar, settings: Settings, *, access_log: bool = False) -> Non
         ws="none",
         log_level=settings.log_level.lower(),
         access_log=access_log,
+        # The client address (the audit trail's, the sign-in throttle's) is X-Forwarded-For's
+        # only when the connection comes from one of these: the hospital's TLS proxy.
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         # uvicorn would otherwise replace the logging the entry point set up.
         log_config=None,
     )

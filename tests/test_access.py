@@ -3,10 +3,14 @@ them: the command line, the feed, revocation, and what the trail records."""
 
 from __future__ import annotations
 
+import functools
 import json
-from datetime import timedelta
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner
 from litestar.testing import TestClient
@@ -15,11 +19,13 @@ from sqlalchemy.exc import DBAPIError
 
 from healthdock_mirror.cli import main
 from mirror import audit as audit_trail
-from mirror.database import read_transaction
-from mirror.schema import api_tokens, audit_log
+from mirror import sessions, tokens
+from mirror.database import read_transaction, write_transaction
+from mirror.schema import api_tokens, audit_log, console_sessions
 from receiver import create_app
 from tests.conftest import make_settings
 from tests.factories import encode, event, patient, signed
+from tests.support.services import serve
 
 BOOTSTRAP = "bootstrap-token-0123456789"
 
@@ -206,3 +212,44 @@ def test_a_sync_from_the_command_line_is_on_the_trail(database_url: str, engine:
     [row] = audit_rows(database_url, "--action", "sync.release")
     assert row["target"] == "patient (brake released)"
     assert row["actor"].startswith("cli")
+
+
+def test_a_session_ends_at_its_maximum_age_however_busy(database_url: str, engine: Engine) -> None:
+    principal = tokens.Principal("admin", "admin", tokens.token_hash(BOOTSTRAP))
+    idle = timedelta(minutes=30)
+    session_id, _ = write_transaction(
+        engine, lambda c: sessions.start_session(c, principal, "127.0.0.1", idle)
+    )
+    find = functools.partial(sessions.find_session, session_id=session_id, idle=idle,
+                             bootstrap=BOOTSTRAP)  # fmt: skip
+    assert write_transaction(engine, find) is not None
+    with engine.begin() as connection:  # signed in 13 hours ago, used a moment ago
+        connection.execute(
+            console_sessions.update().values(
+                created_at=datetime.now(UTC) - sessions.MAX_AGE - timedelta(hours=1)
+            )
+        )
+    assert write_transaction(engine, find) is None
+
+
+def test_the_trail_records_the_client_a_trusted_proxy_names(
+    database_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    """Through the hospital's proxy (here: a peer on 127.0.0.1, trusted by default) the trail
+    has the client's address; a peer that is not trusted cannot make one up."""
+    for trusted, expected in (("127.0.0.1", "203.0.113.7"), ("192.0.2.1", "127.0.0.1")):
+        log = tmp_path / f"receiver-{trusted}.log"
+        with serve(database_url, log, admin_token=BOOTSTRAP, forwarded_allow_ips=trusted) as rx:
+            login = httpx.get(f"{rx.base_url}/console/login")
+            csrf = re.search(r'name="csrf_token" value="([^"]+)"', login.text)
+            assert csrf is not None
+            # As a browser would send it (httpx keeps a Secure cookie off plain HTTP).
+            cookie = f"hdm_login={login.cookies['hdm_login']}"
+            httpx.post(f"{rx.base_url}/console/login",
+                       data={"token": "wrong", "csrf_token": csrf.group(1)},
+                       headers={"X-Forwarded-For": "203.0.113.7", "Cookie": cookie})  # fmt: skip
+        [row] = [r for r in audit_rows(database_url, "--action", "console.login")
+                 if r["target"] == "unknown or revoked token"][:1]  # fmt: skip
+        assert row["client"] == expected
+        with engine.begin() as connection:
+            connection.execute(text("DELETE FROM audit_log"))

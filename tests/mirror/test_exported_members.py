@@ -72,7 +72,7 @@ def test_the_access_modules() -> None:
     )  # fmt: skip
     assert sorted(sessions.__all__) == sorted(
         [
-            "Session", "end_session", "find_session", "start_session"
+            "MAX_AGE", "Session", "end_session", "find_session", "start_session"
         ]
     )  # fmt: skip
     assert sorted(audit.__all__) == sorted(
