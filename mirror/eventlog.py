@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import cast
+from typing import Any, cast
 
 import msgspec
 from sqlalchemy import ColumnElement, bindparam, case, func, select, text, update
@@ -494,16 +494,10 @@ def _summary_columns() -> list[ColumnElement[object]]:
             c.effect, c.received_at, c.attempts, c.error]  # fmt: skip
 
 
-def _summary(row: Sequence[object]) -> EventSummary:
-    seq, source, event_type, resource, record_id, version, status, effect, received_at, \
-        attempts, error = row  # fmt: skip
-    assert isinstance(received_at, datetime)
-    return EventSummary(int(str(seq)), str(source), str(event_type),
-                        None if resource is None else str(resource),
-                        None if record_id is None else str(record_id),
-                        None if version is None else str(version), str(status),
-                        None if effect is None else str(effect), as_utc(received_at),
-                        int(str(attempts)), None if error is None else str(error))  # fmt: skip
+def _summary(row: Any) -> EventSummary:
+    """An EventSummary from a row of ``_summary_columns()``: the same fields, in order."""
+    summary = EventSummary(*row)
+    return dataclasses.replace(summary, received_at=as_utc(summary.received_at))
 
 
 def list_events(connection: Connection, filters: EventFilter, limit: int) -> list[EventSummary]:

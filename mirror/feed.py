@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -34,7 +34,7 @@ from sqlalchemy import Engine, Row, func, literal, select, text, tuple_
 from sqlalchemy.engine import Connection
 
 from config import MirrorError
-from mirror.database import unavailable_as_error
+from mirror.database import as_utc, unavailable_as_error
 from mirror.events import nested_too_deep
 from mirror.schema import webhook_events
 
@@ -227,15 +227,10 @@ def _event(row: _Row) -> FeedEvent:
         version=row.version,
         status=row.status,
         effect=row.effect,
-        received_at=_utc(row.received_at),
+        received_at=as_utc(row.received_at),
         event_timestamp=row.event_timestamp,
         payload=_payload(row.body),
     )
-
-
-def _utc(moment: datetime) -> datetime:
-    # SQLite hands back naive UTC, PostgreSQL an aware datetime in the session's zone.
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _payload(body: bytes | None) -> Any:

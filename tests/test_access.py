@@ -25,26 +25,11 @@ from mirror.schema import api_tokens, audit_log, console_sessions
 from receiver import create_app
 from tests.conftest import make_settings
 from tests.factories import encode, event, patient, signed
+from tests.support.access import audit_rows, cli
+from tests.support.access import create_token as new_token
 from tests.support.services import serve
 
 BOOTSTRAP = "bootstrap-token-0123456789"
-
-
-def cli(database_url: str, *args: str) -> Any:
-    return CliRunner().invoke(main, list(args), env={"HEALTHDOCK_DATABASE_URL": database_url})
-
-
-def new_token(database_url: str, name: str, role: str) -> str:
-    result = cli(database_url, "token", "create", name, "--role", role)
-    assert result.exit_code == 0, result.output
-    return str(result.stdout.strip().splitlines()[-1])
-
-
-def audit_rows(database_url: str, *args: str) -> list[dict[str, Any]]:
-    result = cli(database_url, "audit", "--json", *args)
-    assert result.exit_code == 0, result.output
-    rows: list[dict[str, Any]] = json.loads(result.stdout)
-    return rows
 
 
 def test_a_token_is_shown_once_and_only_its_hash_is_kept(database_url: str, engine: Engine) -> None:
@@ -253,3 +238,13 @@ def test_the_trail_records_the_client_a_trusted_proxy_names(
         assert row["client"] == expected
         with engine.begin() as connection:
             connection.execute(text("DELETE FROM audit_log"))
+
+
+def test_audit_since_and_until_bound_the_rows(database_url: str, engine: Engine) -> None:
+    new_token(database_url, "bounded", "viewer")
+    assert len(audit_rows(database_url, "--since", "2000-01-01T00:00:00Z")) == 1
+    assert audit_rows(database_url, "--since", "2999-01-01") == []
+    assert audit_rows(database_url, "--until", "2000-01-01") == []
+    bad = cli(database_url, "audit", "--since", "yesterday")
+    assert bad.exit_code == 2
+    assert "ISO 8601" in bad.output

@@ -8,13 +8,13 @@ What is named here is its public surface: the router and its template configurat
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 from litestar import Request, Response, Router
 from litestar.exceptions import HTTPException
 from litestar.plugins.jinja import JinjaTemplateEngine
-from litestar.response import Redirect, Template
+from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
@@ -27,7 +27,7 @@ from receiver.console.auth import (
     TooManyAttempts,
     add_security_headers,
 )
-from receiver.console.pages import ROUTES, BadParameter
+from receiver.console.pages import ROUTES, BadParameter, page
 from receiver.console.replay import ROUTES as REPLAY_ROUTES
 
 __all__ = ["LoginThrottle", "add_security_headers", "console_router", "template_config"]
@@ -73,14 +73,9 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
 def _error_page(
     request: Request[Any, Any, Any], status: int, heading: str, message: str
 ) -> Response[Any]:
-    page = Template(
-        template_name="error.html",
-        context={"principal": getattr(request.state, "principal", None),
-                 "csrf_token": getattr(getattr(request.state, "session", None), "csrf_token", None),
-                 "section": "", "heading": heading, "message": message},
-        status_code=status,
-    )  # fmt: skip
-    return page  # noqa: RET504 (a Template is the response)
+    answer = page(request, "error.html", "", heading=heading, message=message)
+    answer.status_code = status
+    return cast("Response[Any]", answer)  # a Template is the response
 
 
 def _login_required(request: Request[Any, Any, Any], _: LoginRequired) -> Response[Any]:

@@ -21,19 +21,10 @@ from mirror.schema import audit_log, console_sessions, sync_requests, webhook_ev
 from receiver import create_app
 from tests.conftest import make_settings
 from tests.factories import encode, event, patient, signed
+from tests.support.access import create_token as token
 from tests.support.stored_events import fix_the_cause, refuse_patient
 
 BOOTSTRAP = "console-bootstrap-0123456789"
-
-
-def token(database_url: str, name: str, role: str) -> str:
-    result = CliRunner().invoke(
-        main,
-        ["token", "create", name, "--role", role],
-        env={"HEALTHDOCK_DATABASE_URL": database_url},
-    )
-    assert result.exit_code == 0, result.output
-    return str(result.stdout.strip().splitlines()[-1])
 
 
 def post_event(client: TestClient[Litestar], document: dict[str, Any]) -> None:
