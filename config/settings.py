@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from enum import StrEnum
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -15,6 +17,17 @@ from config.logs import LogOptions
 
 DEFAULT_DATABASE_URL = "sqlite:///healthdock-mirror.db"
 _KNOWN_DRIVERS = ("sqlite", "postgresql")
+# Plain http is allowed to these hosts only (RFC 8252's loopback redirect, a local fake).
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+SECRET_KEY_MIN_LENGTH = 32
+OAUTH_CALLBACK_PATH = "/oauth/callback"  # the receiver's route (receiver/oauth_callback.py)
+
+
+class ApiAuth(StrEnum):
+    """How the reconciler authenticates to HealthDock's API."""
+
+    API_KEY = "api_key"  # the hospital's key, HEALTHDOCK_API_KEY
+    OAUTH = "oauth"  # a third-party application's grant (healthdock-mirror oauth login)
 
 
 class Settings(BaseSettings):
@@ -36,6 +49,20 @@ class Settings(BaseSettings):
     api_url: str = "https://api.healthdock.org/v1"
     api_key: SecretStr | None = None
     admin_token: SecretStr | None = None
+
+    # OAuth 2.0 instead of the API key (authorization code with PKCE; see sync/oauth.py).
+    api_auth: ApiAuth = ApiAuth.API_KEY
+    oauth_client_id: str | None = Field(default=None, min_length=1, max_length=255)
+    # Confidential clients only; a public client proves itself with PKCE alone.
+    oauth_client_secret: SecretStr | None = None
+    oauth_authorize_url: str = "https://api.healthdock.org/oauth/authorize"
+    oauth_token_url: str = "https://api.healthdock.org/oauth/token"  # noqa: S105 (a URL)
+    # RFC 7009 revocation, used by `oauth logout`; unset, logout only forgets the tokens.
+    oauth_revocation_url: str | None = None
+    oauth_redirect_uri: str = "http://127.0.0.1:8080/oauth/callback"
+    oauth_scope: str | None = None
+    # The stored OAuth tokens are encrypted with a key derived from it (mirror/sealing.py).
+    secret_key: SecretStr | None = None
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
@@ -115,6 +142,51 @@ class Settings(BaseSettings):
             ) from None
         return value
 
+    @field_validator("oauth_authorize_url", "oauth_token_url")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        return _https_or_loopback(value, what="endpoint")
+
+    @field_validator("oauth_revocation_url")
+    @classmethod
+    def _optional_endpoint(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return _https_or_loopback(value, what="endpoint")
+
+    @field_validator("oauth_redirect_uri")
+    @classmethod
+    def _redirect_uri(cls, value: str) -> str:
+        uri = _https_or_loopback(value, what="redirect URI")
+        parts = urlsplit(uri)
+        if parts.fragment or parts.query:
+            raise ValueError("a redirect URI has no query or fragment")
+        if parts.path != OAUTH_CALLBACK_PATH:
+            raise ValueError(f"its path must be {OAUTH_CALLBACK_PATH}, where the receiver takes it")
+        return uri
+
+    @field_validator("oauth_client_id", "oauth_scope", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < SECRET_KEY_MIN_LENGTH:
+            raise ValueError(f"use at least {SECRET_KEY_MIN_LENGTH} characters")
+        return value
+
+    @model_validator(mode="after")
+    def _oauth_complete(self) -> Settings:
+        if self.api_auth is ApiAuth.OAUTH:
+            needed = {"oauth_client_id": self.oauth_client_id, "secret_key": self.secret_key}
+            missing = [name for name, value in needed.items() if value is None]
+            if missing:
+                names = ", ".join(f"HEALTHDOCK_{name.upper()}" for name in missing)
+                raise ValueError(f"{names}: required when HEALTHDOCK_API_AUTH=oauth")
+        return self
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -145,7 +217,8 @@ class Settings(BaseSettings):
     def secret_values(self) -> tuple[str, ...]:
         """Every configured secret as text (the database password included): what the logs
         mask should it ever show up in a line."""
-        secrets = [*self.webhook_secret, self.api_key, self.admin_token]
+        secrets = [*self.webhook_secret, self.api_key, self.admin_token,
+                   self.oauth_client_secret, self.secret_key]  # fmt: skip
         values = [s.get_secret_value().strip() for s in secrets if s is not None]
         values.append(make_url(self.database_url).password or "")
         return tuple(value for value in values if value)
@@ -166,6 +239,20 @@ class Settings(BaseSettings):
             yield name, self.database_url_shown if name == "database_url" else value
 
 
+def _https_or_loopback(value: str, *, what: str) -> str:
+    """An absolute https URL, or http to a loopback address (RFC 9700 2.6, RFC 8252 7.3)."""
+    try:
+        parts = urlsplit(value.strip())
+        host = parts.hostname
+    except ValueError:
+        raise ValueError(f"not a URL; give an absolute https {what}") from None
+    if parts.scheme not in ("https", "http") or not host:
+        raise ValueError(f"not an absolute http(s) URL; give an https {what}")
+    if parts.scheme == "http" and host not in _LOOPBACK_HOSTS:
+        raise ValueError(f"plain http only to a loopback address; give an https {what}")
+    return value.strip()
+
+
 class SettingsError(ConfigurationError):
     """Configuration that cannot start the service; the message names each bad setting."""
 
@@ -177,7 +264,8 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            field = ".".join(str(part) for part in error["loc"]) or "settings"
+            field = ".".join(str(part) for part in error["loc"])
             message = error["msg"].removeprefix("Value error, ")
-            problems.append(f"HEALTHDOCK_{field.upper()}: {message}")
+            # A rule across settings names its variables in its own message.
+            problems.append(f"HEALTHDOCK_{field.upper()}: {message}" if field else message)
         raise SettingsError("; ".join(problems)) from None

@@ -7,6 +7,7 @@ benchmarks and the demo. It imports nothing of the mirror's: it stands in for th
     await fake.webhooks.drain()     # wait until every webhook is delivered
     with serve_in_thread(fake) as base_url: ...  # on a real loopback socket
     {p.id: p for p in fake.patients()}  # the truth, to compare a mirror with
+    FakeHealthDock(oauth_clients=[OAuthClient("id", ("http://app/cb",))])  # /oauth/: fake.oauth
 
 Command line: ``python -m fake_healthdock --help``.
 """
@@ -16,6 +17,7 @@ from fake_healthdock.clock import ManualClock
 from fake_healthdock.connection import ConnectionDropped
 from fake_healthdock.fake import ApiStats, FakeHealthDock
 from fake_healthdock.faults import Faults
+from fake_healthdock.oauth import OAuthClient, OAuthServer, OAuthStats, OAuthSwitches
 from fake_healthdock.records import Appointment, Patient
 from fake_healthdock.server import serve_in_thread
 from fake_healthdock.store import Change, NotFound
@@ -33,6 +35,10 @@ __all__ = [
     "InvalidField",
     "ManualClock",
     "NotFound",
+    "OAuthClient",
+    "OAuthServer",
+    "OAuthStats",
+    "OAuthSwitches",
     "Patient",
     "WebhookStats",
     "WebhookSwitches",

@@ -8,6 +8,7 @@ import click
 
 from fake_healthdock.fake import FakeHealthDock
 from fake_healthdock.faults import Faults
+from fake_healthdock.oauth import AUTHORIZE_PATH, OAuthClient
 from fake_healthdock.server import serve
 from fake_healthdock.webhooks import WebhookSwitches
 
@@ -45,6 +46,19 @@ _SECONDS = click.FloatRange(0.0)
 @click.option("--delay", nargs=2, type=_SECONDS, help="MIN MAX seconds before each webhook.")
 @click.option("--reorder", default=0, type=click.IntRange(0), help="Shuffle webhooks in windows.")
 @click.option("--mutations-per-second", default=0.0, type=_SECONDS, help="Random changes.")
+@click.option("--oauth-client-id", help="Register an OAuth client (needs --oauth-redirect-uri).")
+@click.option(
+    "--oauth-client-secret", envvar="FAKE_HEALTHDOCK_OAUTH_CLIENT_SECRET",
+    help="The OAuth client's secret; none: a public client (PKCE only).",
+)  # fmt: skip
+@click.option(
+    "--oauth-redirect-uri", multiple=True,
+    help="A redirect URI of the OAuth client, matched exactly (repeatable).",
+)  # fmt: skip
+@click.option(
+    "--oauth-access-seconds", default=3600.0, type=click.FloatRange(0.0, min_open=True),
+    help="Lifetime of OAuth access tokens.",
+)  # fmt: skip
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))
 def main(
     host: str,
@@ -73,10 +87,16 @@ def main(
     delay: tuple[float, float] | None,
     reorder: int,
     mutations_per_second: float,
+    oauth_client_id: str | None,
+    oauth_client_secret: str | None,
+    oauth_redirect_uri: tuple[str, ...],
+    oauth_access_seconds: float,
     log_level: str,
 ) -> None:
     """Serve a fake HealthDock API (/v1/patients, /v1/appointments) with seeded data, signed
-    webhooks for every change, and faults on demand (steerable at /_fake/)."""
+    webhooks for every change, and faults on demand (steerable at /_fake/). With
+    --oauth-client-id, /v1 also takes OAuth access tokens from /oauth/authorize and
+    /oauth/token (authorization code with PKCE, refresh tokens, revocation)."""
     if webhook_url and not webhook_secret:
         raise click.UsageError(
             "--webhook-url needs --webhook-secret: receivers reject unsigned events"
@@ -98,6 +118,7 @@ def main(
         )
     except ValueError as error:
         raise click.UsageError(str(error)) from None
+    oauth_clients = _oauth_clients(oauth_client_id, oauth_client_secret, oauth_redirect_uri)
     fake = FakeHealthDock(
         seed=seed,
         patients=patients,
@@ -111,6 +132,8 @@ def main(
         faults=faults,
         webhook_switches=switches,
         control_token=control_token,
+        oauth_clients=oauth_clients,
+        access_token_seconds=oauth_access_seconds,
     )
     counts = fake.counts()
     click.echo(
@@ -118,6 +141,12 @@ def main(
         f" (seed {seed}) on http://{host}:{port}/v1",
         err=True,
     )
+    for client in oauth_clients:
+        kind = "public" if client.secret is None else "confidential"
+        click.echo(
+            f"OAuth client {client.client_id} ({kind}) at http://{host}:{port}{AUTHORIZE_PATH}",
+            err=True,
+        )
     serve(
         fake,
         host=host,
@@ -125,6 +154,26 @@ def main(
         mutations_per_second=mutations_per_second,
         log_level=log_level,
     )
+
+
+def _oauth_clients(
+    client_id: str | None, secret: str | None, redirect_uris: tuple[str, ...]
+) -> tuple[OAuthClient, ...]:
+    if client_id is None:
+        if secret or redirect_uris:
+            raise click.UsageError(
+                "--oauth-client-secret and --oauth-redirect-uri need --oauth-client-id"
+            )
+        return ()
+    if not redirect_uris:
+        raise click.UsageError(
+            "--oauth-client-id needs at least one --oauth-redirect-uri: the authorization"
+            " server only redirects to registered URIs"
+        )
+    try:
+        return (OAuthClient(client_id, redirect_uris, secret or None),)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
 
 
 def _day(anchor: datetime | None) -> date | None:

@@ -1,5 +1,8 @@
 """The fake as an ASGI application: routing, authentication, rate limits and faults.
 
+``/v1`` takes the fake's API key or a live OAuth access token; ``/oauth/`` is the
+authorization server (:mod:`fake_healthdock.oauth`), outside the API's rate limit and faults.
+
 A plain ASGI callable rather than a framework app, because the faults live on the wire:
 dropping a connection unanswered or sending a body shorter than promised is easier without a
 framework's response machinery in the way.
@@ -14,11 +17,12 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
 
-from fake_healthdock import api, control
+from fake_healthdock import api, control, oauth
 from fake_healthdock.api import ApiError, Request, Response
 from fake_healthdock.connection import drop_connection
 from fake_healthdock.fake import FakeHealthDock
 from fake_healthdock.mutations import churn
+from fake_healthdock.oauth import AccessCheck
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -61,6 +65,9 @@ class FakeApp:
                 response = control.handle(self.fake, request)
             except ApiError as error:
                 response = error.response()
+        elif request.path in oauth.PATHS:
+            reply = oauth.handle(self.fake.oauth, request, _origin(scope, request.headers))
+            response = Response(reply.status, reply.body, reply.headers)
         else:
             try:
                 answer = await self._api(request)
@@ -84,11 +91,13 @@ class FakeApp:
             await drop_connection()
             return None
         token = _bearer(request.headers)
+        access = fake.oauth.check(token)
         if verdict.storm and fake.storm.begin(fake.faults.storm_seconds):
             fake.stats.storms += 1
         # During a storm someone else has used the window up: our own budget is not touched.
         storm = fake.storm.refusal(None if fake.limiter is None else fake.limiter.limit)
-        quota = storm or (None if fake.limiter is None else fake.limiter.take(token))
+        budget = _budget(token, access)
+        quota = storm or (None if fake.limiter is None else fake.limiter.take(budget))
         try:
             if storm is not None:
                 fake.stats.stormed += 1
@@ -98,7 +107,11 @@ class FakeApp:
                 fake.stats.rate_limited += 1
                 details = {"retry_after": quota.retry_after}
                 raise ApiError(429, "RATE_LIMITED", "Rate limit exceeded", details)
-            if not hmac.compare_digest(token.encode(), fake.api_key.encode()):
+            if access is not None and access.refusal is not None:
+                fake.stats.unauthorized += 1
+                fake.oauth.stats.invalid_tokens += 1
+                raise _InvalidToken(401, "UNAUTHORIZED", access.refusal)
+            if access is None and not hmac.compare_digest(token.encode(), fake.api_key.encode()):
                 fake.stats.unauthorized += 1
                 raise ApiError(401, "UNAUTHORIZED", "Invalid or missing API key")
             if verdict.error_status is not None:
@@ -137,6 +150,31 @@ class FakeApp:
                 return
 
 
+class _InvalidToken(ApiError):
+    """An expired or revoked access token: the reference's 401, plus the challenge an OAuth
+    client reads to know it should refresh (RFC 6750 §3.1)."""
+
+    def response(self) -> Response:
+        response = super().response()
+        response.headers.append(("WWW-Authenticate", 'Bearer error="invalid_token"'))
+        return response
+
+
+def _budget(token: str, access: AccessCheck | None) -> str:
+    """The rate limiter's key: the API key itself, or an OAuth token's client, so that a
+    refresh (a new token) does not hand the client a fresh budget."""
+    return token if access is None else f"oauth-client:{access.client_id}"
+
+
+def _origin(scope: Scope, headers: Mapping[str, str]) -> str:
+    """``scheme://host`` the request was sent to: the authorization server's issuer."""
+    host = headers.get("host")
+    if not host:
+        server_host, port = scope.get("server") or ("localhost", None)
+        host = server_host if port is None else f"{server_host}:{port}"
+    return f"{scope.get('scheme', 'http')}://{host}"
+
+
 def _bearer(headers: Mapping[str, str]) -> str:
     scheme, _, token = headers.get("authorization", "").partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
@@ -167,10 +205,9 @@ async def _read(scope: Scope, receive: Receive) -> Request:
 
 
 async def _send(send: Send, response: Response) -> None:
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(response.body)).encode()),
-    ]
+    headers = [(b"content-length", str(len(response.body)).encode())]
+    if response.body:  # every answer but a redirect or a revocation's empty 200 is JSON
+        headers.insert(0, (b"content-type", b"application/json"))
     headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": response.body})

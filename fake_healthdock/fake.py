@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import TypeVar
@@ -12,6 +12,7 @@ import httpx
 from fake_healthdock.clock import Clock, ist_date, system_clock
 from fake_healthdock.faults import FaultDice, Faults
 from fake_healthdock.mutations import Mutator
+from fake_healthdock.oauth import OAuthClient, OAuthServer, OAuthSwitches
 from fake_healthdock.population import Population
 from fake_healthdock.ratelimit import FixedWindowLimiter, Storm
 from fake_healthdock.records import Appointment, Patient
@@ -54,6 +55,10 @@ class FakeHealthDock:
     Every mutation, from the API, from these methods or from :meth:`mutate`, sends a webhook
     to ``webhook_url`` (if set), signed with ``webhook_secret``. ``rate_limit=None`` turns the
     rate limit off. ``control_token``, when set, guards the ``/_fake/`` endpoints.
+
+    ``/v1`` takes ``api_key`` or an OAuth access token from :attr:`oauth`, the authorization
+    server at ``/oauth/``, for ``oauth_clients``; its access tokens last
+    ``access_token_seconds`` and refreshes rotate refresh tokens if ``rotate_refresh_tokens``.
     """
 
     def __init__(
@@ -73,6 +78,9 @@ class FakeHealthDock:
         webhook_switches: WebhookSwitches | None = None,
         webhook_transport: httpx.AsyncBaseTransport | None = None,
         control_token: str | None = None,
+        oauth_clients: Sequence[OAuthClient] = (),
+        access_token_seconds: float = 3600.0,
+        rotate_refresh_tokens: bool = True,
     ) -> None:
         self.seed = seed
         self.api_key = api_key
@@ -98,6 +106,14 @@ class FakeHealthDock:
             seed=seed,
             switches=webhook_switches,
             transport=webhook_transport,
+        )
+        self.oauth = OAuthServer(
+            oauth_clients,
+            clock,
+            OAuthSwitches(
+                access_token_seconds=access_token_seconds,
+                rotate_refresh_tokens=rotate_refresh_tokens,
+            ),
         )
         self._mutator = Mutator(self.store, seed)
 

@@ -49,13 +49,14 @@ def _actor() -> str:
         return "cli"
 
 
-def _entry(action: AuditAction, target: str, outcome: AuditOutcome) -> audit_trail.AuditEntry:
+def cli_entry(action: AuditAction, target: str, outcome: AuditOutcome) -> audit_trail.AuditEntry:
+    """An audit row for the command line's operator."""
     return audit_trail.AuditEntry(_actor(), ADMIN_ROLE, action, target, _CLIENT, outcome)
 
 
 def record_cli_action(engine: Engine, action: AuditAction, target: str) -> None:
     """An operator's action from the command line, on the trail (committed) before it runs."""
-    entry = _entry(action, target, AuditOutcome.OK)
+    entry = cli_entry(action, target, AuditOutcome.OK)
     write_transaction(engine, functools.partial(audit_trail.record_audit, entry=entry))
 
 
@@ -96,7 +97,7 @@ def create_token(name: str, role: str) -> None:
     def create(connection: Any) -> str:
         secret = tokens.create_token(connection, name, Role(role))
         target = f"token {name} ({role})"
-        audit_trail.record_audit(connection, _entry(AuditAction.TOKEN_CREATE, target,
+        audit_trail.record_audit(connection, cli_entry(AuditAction.TOKEN_CREATE, target,
                                                     AuditOutcome.OK))  # fmt: skip
         return secret
 
@@ -152,7 +153,7 @@ def revoke_token(name: str) -> None:
     def revoke(connection: Any) -> bool:
         revoked = tokens.revoke_token(connection, name)
         outcome = AuditOutcome.OK if revoked else AuditOutcome.FAILED
-        audit_trail.record_audit(connection, _entry(AuditAction.TOKEN_REVOKE, f"token {name}",
+        audit_trail.record_audit(connection, cli_entry(AuditAction.TOKEN_REVOKE, f"token {name}",
                                                     outcome))  # fmt: skip
         return revoked
 

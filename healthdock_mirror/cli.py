@@ -26,6 +26,7 @@ from healthdock_mirror.context import ensure_schema as _ensure_schema
 from healthdock_mirror.context import existing_mirror as _existing_mirror
 from healthdock_mirror.context import instant as _instant
 from healthdock_mirror.context import settings_or_exit as _settings
+from healthdock_mirror.oauth_commands import oauth_group
 from mirror import (
     REPLAY_SKIPPED,
     REPLAYABLE_SOURCES,
@@ -385,3 +386,4 @@ def prune() -> None:
 
 main.add_command(token)
 main.add_command(audit)
+main.add_command(oauth_group)

@@ -5,7 +5,7 @@ is its public surface (pinned by tests/mirror/test_exported_members.py); the mod
 are its own to rearrange.
 """
 
-from mirror import audit, leases, runs, sessions, sync_requests, tokens
+from mirror import audit, leases, oauth, runs, sessions, sync_requests, tokens
 from mirror.database import (
     DatabaseUnavailable,
     create_mirror_engine,
@@ -81,6 +81,7 @@ from mirror.replay import (
     replay,
 )
 from mirror.retention import prune_event_payloads
+from mirror.sealing import Sealer, SealError
 from mirror.states import (
     ADMIN_ROLE,
     LOSS_KINDS,
@@ -90,6 +91,7 @@ from mirror.states import (
     Effect,
     EventSource,
     EventStatus,
+    GrantState,
     ReceiptStatus,
     Role,
     RunKind,
@@ -121,6 +123,7 @@ __all__ = [
     "FeedError",
     "FeedEvent",
     "FeedPage",
+    "GrantState",
     "IncomingEvent",
     "MirrorStatus",
     "Outcome",
@@ -137,6 +140,8 @@ __all__ = [
     "RunKind",
     "RunOutcome",
     "SchemaNotCurrent",
+    "SealError",
+    "Sealer",
     "Selection",
     "SelectionError",
     "Unlisted",
@@ -164,6 +169,7 @@ __all__ = [
     "last_received",
     "leases",
     "list_events",
+    "oauth",
     "oldest_unsettled",
     "parse_instant",
     "prepare_for_writing",

@@ -34,6 +34,7 @@ from mirror.states import (
     Effect,
     EventSource,
     EventStatus,
+    GrantState,
     Role,
     RunKind,
     RunOutcome,
@@ -254,6 +255,42 @@ sync_requests = Table(
     Column("finished_at", _Timestamp),
     Column("outcome", String(16), comment="the passes' worst outcome"),
     Index(None, "finished_at"),
+)
+
+# The reconciler's OAuth grant (HEALTHDOCK_API_AUTH=oauth): one row. Its tokens are sealed
+# (AES-256-GCM, a key derived from HEALTHDOCK_SECRET_KEY; mirror/sealing.py), never stored as
+# they are; the other columns are what `oauth status` shows without the key.
+oauth_grants = Table(
+    "oauth_grants",
+    metadata,
+    Column("name", String(32), primary_key=True, comment="the API it authorizes: healthdock"),
+    Column("client_id", String(255), nullable=False),
+    Column("token_url", Text, nullable=False, comment="the token endpoint that issued it"),
+    Column("scope", Text, comment="as granted"),
+    Column("sealed_tokens", LargeBinary, nullable=False, comment="access and refresh token"),
+    Column("access_expires_at", _Timestamp),
+    Column("has_refresh_token", Boolean, nullable=False),
+    Column("state", String(16), nullable=False, comment="active or refused"),
+    Column("authorized_by", String(64), nullable=False),
+    Column("authorized_at", _Timestamp, nullable=False),
+    Column("refreshed_at", _Timestamp),
+    Column("refresh_count", Integer, nullable=False, server_default="0"),
+    CheckConstraint(_one_of("state", GrantState), name="state"),
+)
+
+# Logins waiting for their callback: `oauth login` adds one, the callback (the receiver's, or
+# the login's own listener) completes it, the login takes it. The state is kept as its SHA-256;
+# the code alone is worthless (PKCE: its verifier never leaves the login's process).
+oauth_logins = Table(
+    "oauth_logins",
+    metadata,
+    Column("state_hash", String(64), primary_key=True, comment="sha256 hex of the state"),
+    Column("created_at", _Timestamp, nullable=False),
+    Column("expires_at", _Timestamp, nullable=False),
+    Column("completed_at", _Timestamp),
+    Column("code", Text, comment="the authorization code, until the login exchanges it"),
+    Column("error", String(64), comment="the authorization server's error code"),
+    Column("issuer", Text, comment="the callback's iss (RFC 9207), if any"),
 )
 
 MIRRORED_TABLES = {"patient": patients, "appointment": appointments}

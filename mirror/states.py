@@ -107,3 +107,14 @@ class AuditAction(StrEnum):
     AUDIT_PRUNE = "audit.prune"  # retention deleted rows of this trail
     TOKEN_CREATE = "token.create"  # noqa: S105 (an action's name, not a secret)
     TOKEN_REVOKE = "token.revoke"  # noqa: S105
+    OAUTH_LOGIN = "oauth.login"  # the reconciler authorized as a third-party application
+    OAUTH_LOGOUT = "oauth.logout"
+
+
+class GrantState(StrEnum):
+    """``oauth_grants.state``: whether the stored OAuth grant can still be refreshed."""
+
+    ACTIVE = "active"
+    # HealthDock refused its refresh token (invalid_grant): only `oauth login` replaces it,
+    # so passes stop asking the token endpoint until then.
+    REFUSED = "refused"

@@ -6,7 +6,9 @@ what the command line uses.
 
 from receiver.app import create_app
 from receiver.metrics import Metrics
+from receiver.oauth_callback import CALLBACK_PATH, callback_app
 from receiver.server import serve
 from receiver.signature import SIGNATURE_HEADER, SignatureError, sign, verify
 
-__all__ = ["SIGNATURE_HEADER", "Metrics", "SignatureError", "create_app", "serve", "sign", "verify"]
+__all__ = ["CALLBACK_PATH", "SIGNATURE_HEADER", "Metrics", "SignatureError", "callback_app",
+           "create_app", "serve", "sign", "verify"]  # fmt: skip

@@ -27,6 +27,7 @@ from receiver.feed import read_events
 from receiver.health import healthz, readyz
 from receiver.intake import Intake
 from receiver.metrics import Metrics, metrics_endpoint
+from receiver.oauth_callback import oauth_callback
 from receiver.webhooks import receive_webhook
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ def create_app(
             readyz,
             metrics_endpoint,
             read_events,
+            oauth_callback,
             console_router(),
         ],
         template_config=template_config(),

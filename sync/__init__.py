@@ -5,6 +5,7 @@ the command line uses. The modules behind it are its own to rearrange.
 """
 
 from mirror import leases
+from sync import oauth
 from sync.client import HealthDockClient, UpstreamError
 from sync.job import api_client, pass_options, run_reconcile, run_refresh
 from sync.passes import PassOptions, PassResult
@@ -22,6 +23,7 @@ __all__ = [
     "PassResult",
     "UpstreamError",
     "api_client",
+    "oauth",
     "pass_options",
     "reconcile",
     "refresh",

@@ -5,6 +5,10 @@ takes a slot from the pacer; 429s pause the pacer for everyone; server errors, t
 dropped connections and truncated bodies are retried with capped, jittered backoff
 (tenacity). Log lines name the resource and page, never the API key or a ``search`` value
 (which can hold a patient's name).
+
+Who the client is comes from its credentials (``sync.credentials``): an API key, or an OAuth
+grant. A 401 is shown to them once: an OAuth grant refreshes its token and the request goes
+again, neither counted as an error nor taken from the attempts; a second 401 ends the pass.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from tenacity import (
 
 from config import MirrorError
 from mirror import Resource
+from sync.credentials import ApiKey, Credentials
 from sync.pacer import Pacer, RateLimit, read_rate_limit, retry_after
 
 log = logging.getLogger(__name__)
@@ -85,6 +90,7 @@ class ClientStats:
     errors: int = 0  # failures worth a retry (5xx, transport, bad body); 429s are counted apart
     remaining: int | None = None  # the budget left in the window, as last reported
     by_status: dict[int, int] = field(default_factory=dict)
+    reauthorized: int = 0  # 401s answered by a refreshed OAuth token (not errors)
 
 
 class HealthDockClient:
@@ -93,7 +99,7 @@ class HealthDockClient:
     def __init__(
         self,
         base_url: str,
-        api_key: str,
+        credentials: str | Credentials,
         *,
         reserve: float = 0.2,
         timeout_seconds: float = 30.0,
@@ -103,9 +109,10 @@ class HealthDockClient:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        self._credentials = ApiKey(credentials) if isinstance(credentials, str) else credentials
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + "/",
-            headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
+            headers={"Accept": "application/json"},
             timeout=timeout_seconds,
             transport=transport,
         )
@@ -125,7 +132,10 @@ class HealthDockClient:
         return self
 
     async def __aexit__(self, *_: object) -> None:
-        await self._http.aclose()
+        try:
+            await self._http.aclose()
+        finally:
+            await self._credentials.aclose()
 
     async def page(
         self, resource: Resource, page: int, limit: int = MAX_PAGE_SIZE, **filters: str
@@ -197,12 +207,31 @@ class HealthDockClient:
         return float(self._backoff(state))
 
     async def _attempt(self, resource: Resource, params: Mapping[str, str], what: str) -> Page:
+        response = await self._send(resource, params, what)
+        if response.status_code == 401:
+            authorization = response.request.headers["authorization"]
+            if await self._credentials.rejected(authorization):
+                self.stats.reauthorized += 1
+                log.info("%s: HealthDock answered 401; again with a refreshed token", what)
+                response = await self._send(resource, params, what)
+        return self._read(response, resource, what)
+
+    async def _send(
+        self, resource: Resource, params: Mapping[str, str], what: str
+    ) -> httpx.Response:
         delay = await self._slot()
         if delay > 0:
             await self._sleep(delay)
+        try:
+            authorization = await self._credentials.authorization()
+        except BaseException:
+            self._settle(None, answered=False)  # no request went: nobody waits for it
+            raise
         self.stats.requests += 1
         try:
-            response = await self._http.get(f"{resource.value}s", params=params)
+            response = await self._http.get(
+                f"{resource.value}s", params=params, headers={"Authorization": authorization}
+            )
         except BaseException as error:
             self._settle(None, answered=False)  # cancelled or failed: nobody waits for it
             if not isinstance(error, httpx.TransportError):
@@ -218,6 +247,10 @@ class HealthDockClient:
             self.stats.remaining = window.remaining
             if self._report_budget is not None:
                 self._report_budget(window.limit, window.remaining, window.reset_at)
+        return response
+
+    def _read(self, response: httpx.Response, resource: Resource, what: str) -> Page:
+        status = response.status_code
         if status == 429:
             self.stats.rate_limited += 1
             wait = retry_after(response.headers, self._clock()) or 1.0

@@ -25,9 +25,19 @@ from datetime import date
 import httpx
 from sqlalchemy import Engine
 
-from config import ConfigurationError, Settings
-from mirror import DatabaseUnavailable, Resource, leases, read_transaction, write_transaction
+from config import ApiAuth, ConfigurationError, Settings
+from mirror import (
+    DatabaseUnavailable,
+    Resource,
+    Sealer,
+    leases,
+    read_transaction,
+    write_transaction,
+)
 from sync.client import HealthDockClient
+from sync.credentials import Credentials
+from sync.grant import OAuthGrant
+from sync.oauth import ClientRegistration, TokenEndpoint
 from sync.passes import PassOptions, PassResult, Progress
 from sync.reconcile import reconcile, refresh
 
@@ -51,13 +61,26 @@ def pass_options(settings: Settings, *, allow_mass_delete: bool = False) -> Pass
 
 
 def api_client(
-    settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
+    settings: Settings, engine: Engine, *, transport: httpx.AsyncBaseTransport | None = None
 ) -> HealthDockClient:
-    if settings.api_key is None:
+    """The API client as the settings say: with the API key, or with the stored OAuth grant
+    (HEALTHDOCK_API_AUTH=oauth), whose token endpoint shares the API's transport."""
+    credentials: str | Credentials
+    if settings.api_auth is ApiAuth.OAUTH:
+        assert settings.secret_key is not None  # the settings refuse oauth without one
+        endpoint = TokenEndpoint(
+            ClientRegistration.from_settings(settings),
+            timeout_seconds=settings.api_timeout_seconds,
+            transport=transport,
+        )
+        credentials = OAuthGrant(engine, Sealer(settings.secret_key.get_secret_value()), endpoint)
+    elif settings.api_key is None:
         raise ConfigurationError("HEALTHDOCK_API_KEY: needed to read HealthDock's API")
+    else:
+        credentials = settings.api_key.get_secret_value()
     return HealthDockClient(
         settings.api_url,
-        settings.api_key.get_secret_value(),
+        credentials,
         reserve=settings.sync_rate_reserve,
         timeout_seconds=settings.api_timeout_seconds,
         attempts=settings.api_attempts,
@@ -78,7 +101,7 @@ async def run_reconcile(
     options = pass_options(settings, allow_mass_delete=allow_mass_delete)
     async with (
         _lease(engine, settings.sync_lease_seconds) as fence,
-        api_client(settings, transport=transport) as client,
+        api_client(settings, engine, transport=transport) as client,
     ):
         results = []
         for resource in resources:
@@ -106,7 +129,7 @@ async def run_refresh(
     filters = [{"date": day.isoformat()} for day in days]
     async with (
         _lease(engine, settings.sync_lease_seconds) as fence,
-        api_client(settings, transport=transport) as client,
+        api_client(settings, engine, transport=transport) as client,
     ):
         return await refresh(
             engine, client, Resource.APPOINTMENT, filters, pass_options(settings), fence=fence

@@ -6,7 +6,7 @@ Which packages may import it, and only through these names, is tests/test_layeri
 from __future__ import annotations
 
 import mirror
-from mirror import audit, leases, runs, sessions, sync_requests, tokens
+from mirror import audit, leases, oauth, runs, sessions, sync_requests, tokens
 
 
 def test_exported_members() -> None:
@@ -16,18 +16,19 @@ def test_exported_members() -> None:
             "ADMIN_ROLE", "Action", "AuditAction", "AuditOutcome", "DEFAULT_LIMIT",
             "DatabaseUnavailable", "EVENT_TYPES", "Effect", "Event", "EventCounts",
             "EventDetail", "EventFilter", "EventSource", "EventStatus", "EventSummary",
-            "FeedError", "FeedEvent", "FeedPage", "IncomingEvent", "LOSS_KINDS",
+            "FeedError", "FeedEvent", "FeedPage", "GrantState", "IncomingEvent", "LOSS_KINDS",
             "MAX_LIMIT", "MirrorStatus", "Outcome", "PayloadError",
             "REPLAYABLE_SOURCES", "REPLAY_SKIPPED", "Receipt", "ReceiptStatus",
             "RecordCounts", "RecordRow", "RecordWrite", "ReplaySummary",
             "ReplayedEvent", "Resource", "Role", "RunKind", "RunOutcome",
-            "SchemaNotCurrent", "Selection", "SelectionError", "UNSETTLED", "Unlisted",
+            "SchemaNotCurrent", "SealError", "Sealer", "Selection", "SelectionError",
+            "UNSETTLED", "Unlisted",
             "UnsettledEvent", "Version", "VersionError", "VersionKey", "apply_writes",
             "audit", "count_selected", "count_unlisted", "create_mirror_engine",
             "current_revision", "decode_document", "dedup_key", "event_body",
             "event_count", "event_counts", "event_detail", "events_per_hour",
             "gather_status", "head_revision", "ingest", "is_sqlite", "last_received",
-            "leases", "list_events", "oldest_unsettled", "parse_instant",
+            "leases", "list_events", "oauth", "oldest_unsettled", "parse_instant",
             "prepare_for_writing", "prune_event_payloads", "read_event", "read_feed",
             "read_transaction", "reconcile_event", "record_counts", "record_row",
             "record_timeline", "record_write", "replay", "require_current", "runs",
@@ -88,3 +89,16 @@ def test_the_access_modules() -> None:
     for module in (tokens, sessions, audit, sync_requests):
         for name in module.__all__:
             assert getattr(module, name) is not None
+
+
+def test_the_oauth_module() -> None:
+    """The OAuth grant and the logins waiting for their callback: one module for both tables."""
+    assert sorted(oauth.__all__) == sorted(
+        [
+            "GRANT_NAME", "GrantInfo", "LoginCallback", "OAuthTokens", "complete_login",
+            "drop_login", "forget_grant", "grant_info", "load_tokens", "mark_refused",
+            "open_login", "store_grant", "store_refreshed", "take_login"
+        ]
+    )  # fmt: skip
+    for name in oauth.__all__:
+        assert getattr(oauth, name) is not None

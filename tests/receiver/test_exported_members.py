@@ -9,7 +9,8 @@ def test_exported_members() -> None:
     assert len(receiver.__all__) == len(set(receiver.__all__))
     assert sorted(receiver.__all__) == sorted(
         [
-            "Metrics", "SIGNATURE_HEADER", "SignatureError", "create_app", "serve",
+            "CALLBACK_PATH", "Metrics", "SIGNATURE_HEADER", "SignatureError", "callback_app",
+            "create_app", "serve",
             "sign", "verify"
         ]
     )  # fmt: skip

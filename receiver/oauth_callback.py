@@ -1,0 +1,95 @@
+"""``GET /oauth/callback``: where HealthDock sends the browser back after an authorization.
+
+It carries the callback to the waiting ``healthdock-mirror oauth login`` through the database
+(``mirror.oauth``): the login with this ``state`` is completed once, and the login exchanges
+the code. Without a login waiting for this state (forged, replayed, expired) the callback is
+refused and changes nothing: that is the CSRF check of RFC 6749 10.12. The code alone is
+worthless: the PKCE verifier never left the login's process.
+
+The receiver serves it, and so does a login's own one-shot listener when no receiver runs
+(``callback_app``). Its page loads nothing, is never cached and sends no referrer (the URL
+holds the code).
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+from typing import Any
+
+from litestar import Litestar, Request, Response, get
+from sqlalchemy import Engine
+
+from mirror import oauth, write_transaction
+from receiver.errors import EXCEPTION_HANDLERS
+
+CALLBACK_PATH = "/oauth/callback"
+_MAX_PARAMETER = 2048
+_ERROR_CODE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz_")
+_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+}
+
+
+def _page(status: int, title: str, message: str) -> Response[str]:
+    body = (
+        "<!doctype html><html lang=en><meta charset=utf-8>"
+        f"<title>healthdock-mirror: {html.escape(title)}</title>"
+        f"<h1>{html.escape(title)}</h1><p>{html.escape(message)}</p></html>"
+    )
+    return Response(body, status_code=status, media_type="text/html", headers=_HEADERS)
+
+
+def _parameter(request: Request[Any, Any, Any], name: str) -> str | None:
+    values = request.query_params.getall(name, [])
+    if len(values) != 1:
+        return None  # absent, or repeated: a well-formed callback sends each once
+    value = str(values[0])
+    if not value or len(value) > _MAX_PARAMETER or not value.isascii() or not value.isprintable():
+        return None
+    return value
+
+
+@get(
+    CALLBACK_PATH,
+    summary="Where HealthDock returns after `healthdock-mirror oauth login`",
+    tags=["operations"],
+    sync_to_thread=True,
+)
+def oauth_callback(request: Request[Any, Any, Any]) -> Response[str]:
+    state = _parameter(request, "state")
+    code = _parameter(request, "code")
+    error = _parameter(request, "error")
+    if error is not None and not (len(error) <= 64 and set(error) <= _ERROR_CODE_CHARS):
+        error = "invalid_error_code"
+    if state is None or (code is None) == (error is None):
+        return _page(400, "Not a callback", "This address takes HealthDock's redirect only.")
+    callback = oauth.LoginCallback(code, error, _parameter(request, "iss"))
+    engine: Engine = request.app.state.engine
+    complete = functools.partial(oauth.complete_login, state=state, callback=callback)
+    if not write_transaction(engine, complete):
+        return _page(
+            400, "No login is waiting",
+            "This sign-in is unknown, expired or already done: run healthdock-mirror oauth "
+            "login again.",
+        )  # fmt: skip
+    if error is not None:
+        return _page(200, "Not authorized", f"HealthDock answered {error}. You can close this.")
+    return _page(200, "Authorized", "healthdock-mirror has the authorization: close this window.")
+
+
+def callback_app(engine: Engine) -> Litestar:
+    """The callback alone: a login's one-shot listener when the receiver is not running."""
+    app = Litestar(
+        route_handlers=[oauth_callback],
+        exception_handlers=dict(EXCEPTION_HANDLERS),
+        openapi_config=None,
+        debug=False,
+        logging_config=None,
+    )
+    app.state.engine = engine
+    return app
