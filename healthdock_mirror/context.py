@@ -39,7 +39,8 @@ def ensure_schema(settings: Settings) -> None:
         except SchemaNotCurrent as error:
             raise click.ClickException(str(error)) from None
     if migrated is not None:
-        click.echo(f"migrated the SQLite mirror to {migrated}")
+        # A note, on standard error: standard output is each command's result (a token, a URL).
+        click.echo(f"migrated the SQLite mirror to {migrated}", err=True)
 
 
 @contextlib.contextmanager

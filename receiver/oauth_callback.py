@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import functools
 import html
-from typing import Any
+from typing import Annotated, Any
 
-from litestar import Litestar, Request, Response, get
+from litestar import Litestar, MediaType, Request, Response, get
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import QueryParameter
 from sqlalchemy import Engine
 
 from mirror import oauth, write_transaction
-from receiver.errors import EXCEPTION_HANDLERS
+from receiver.errors import EXCEPTION_HANDLERS, error_responses
 
 CALLBACK_PATH = "/oauth/callback"
 _MAX_PARAMETER = 2048
@@ -54,13 +56,49 @@ def _parameter(request: Request[Any, Any, Any], name: str) -> str | None:
     return value
 
 
+_State = Annotated[
+    str | None, QueryParameter(name="state", description="the login's state, as it sent it")
+]
+_Code = Annotated[
+    str | None, QueryParameter(name="code", description="the code, when HealthDock authorized")
+]
+_Error = Annotated[
+    str | None, QueryParameter(name="error", description="HealthDock's error code, if it did not")
+]
+_Issuer = Annotated[
+    str | None, QueryParameter(name="iss", description="the authorization server (RFC 9207)")
+]
+
+
 @get(
     CALLBACK_PATH,
     summary="Where HealthDock returns after `healthdock-mirror oauth login`",
+    description=(
+        "The OAuth 2.0 redirect URI (RFC 6749 4.1.2): completes the waiting login whose "
+        "`state` this is, once. No login waiting for it (forged, replayed, expired): `400`."
+    ),
     tags=["operations"],
+    media_type=MediaType.HTML,
+    responses={
+        400: ResponseSpec(
+            data_container=str,
+            media_type=MediaType.HTML,
+            description="not a callback, or no login is waiting for this state",
+        ),
+        **error_responses(503),
+    },
     sync_to_thread=True,
 )
-def oauth_callback(request: Request[Any, Any, Any]) -> Response[str]:
+def oauth_callback(
+    request: Request[Any, Any, Any],
+    state_: _State = None,
+    code_: _Code = None,
+    error_: _Error = None,
+    iss_: _Issuer = None,
+) -> Response[str]:
+    # Declared above for the OpenAPI document; read here from the query itself, so that every
+    # refusal is this page (a repeated, oversized or unprintable value included).
+    del state_, code_, error_, iss_
     state = _parameter(request, "state")
     code = _parameter(request, "code")
     error = _parameter(request, "error")
