@@ -6,9 +6,10 @@ What is named here is its public surface (pinned by tests/test_layering.py).
 
 from config.errors import ConfigurationError, MirrorError
 from config.logs import LogOptions, configure_logging
-from config.settings import ApiAuth, Settings, SettingsError, load_settings
+from config.settings import OAUTH_CALLBACK_PATH, ApiAuth, Settings, SettingsError, load_settings
 
 __all__ = [
+    "OAUTH_CALLBACK_PATH",
     "ApiAuth",
     "ConfigurationError",
     "LogOptions",

@@ -64,10 +64,28 @@ def configure_logging(options: LogOptions) -> None:
     else:
         handler.setFormatter(logging.Formatter(_TEXT_FORMAT))
     handler.addFilter(SecretMask(secrets))
+    handler.addFilter(CallbackQueryRedaction())
     logging.basicConfig(level=level, handlers=[handler])
     threshold = logging.getLevelNamesMapping()[level]
     for name, quiet in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(max(quiet, threshold))
+
+
+class CallbackQueryRedaction(logging.Filter):
+    """The access log (``serve --access-log``) without the OAuth callback's query: it holds
+    the authorization code and the login's state."""
+
+    PATH = "/oauth/callback?"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "uvicorn.access" and isinstance(record.args, tuple):
+            record.args = tuple(
+                f"{self.PATH}[redacted]"
+                if isinstance(arg, str) and arg.startswith(self.PATH)
+                else arg
+                for arg in record.args
+            )
+        return True
 
 
 class SecretMask(logging.Filter):

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     oauth_revocation_url: str | None = None
     oauth_redirect_uri: str = "http://127.0.0.1:8080/oauth/callback"
     oauth_scope: str | None = None
+    # The authorization server's issuer identifier (RFC 9207). Set, every callback must carry
+    # it in `iss`; unset, a callback's `iss` (if any) must be the authorize URL's origin.
+    oauth_issuer: str | None = None
     # The stored OAuth tokens are encrypted with a key derived from it (mirror/sealing.py).
     secret_key: SecretStr | None = None
 
@@ -147,7 +150,7 @@ class Settings(BaseSettings):
     def _endpoint(cls, value: str) -> str:
         return _https_or_loopback(value, what="endpoint")
 
-    @field_validator("oauth_revocation_url")
+    @field_validator("oauth_revocation_url", "oauth_issuer")
     @classmethod
     def _optional_endpoint(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
@@ -159,6 +162,9 @@ class Settings(BaseSettings):
     def _redirect_uri(cls, value: str) -> str:
         uri = _https_or_loopback(value, what="redirect URI")
         parts = urlsplit(uri)
+        if parts.scheme == "http" and parts.hostname == "localhost":
+            # RFC 8252 8.3: "localhost" may resolve elsewhere; a literal is what is listened on.
+            raise ValueError("use the loopback literal 127.0.0.1 (or [::1]), not localhost")
         if parts.fragment or parts.query:
             raise ValueError("a redirect URI has no query or fragment")
         if parts.path != OAUTH_CALLBACK_PATH:
@@ -210,6 +216,11 @@ class Settings(BaseSettings):
         return None if isinstance(value, str) and not value.strip() else value
 
     @property
+    def reconciles(self) -> bool:
+        """Whether the API can be read: an API key, or OAuth (its grant is checked per pass)."""
+        return self.api_auth is ApiAuth.OAUTH or self.api_key is not None
+
+    @property
     def webhook_secrets(self) -> tuple[bytes, ...]:
         return tuple(s.get_secret_value().encode() for s in self.webhook_secret)
 
@@ -250,6 +261,10 @@ def _https_or_loopback(value: str, *, what: str) -> str:
         raise ValueError(f"not an absolute http(s) URL; give an https {what}")
     if parts.scheme == "http" and host not in _LOOPBACK_HOSTS:
         raise ValueError(f"plain http only to a loopback address; give an https {what}")
+    try:
+        parts.port  # noqa: B018 (parsing the port is the check)
+    except ValueError:
+        raise ValueError(f"the port is not a port number; give an https {what}") from None
     return value.strip()
 
 

@@ -38,6 +38,7 @@ SCOPES = ("patients:read", "appointments:read")
 """Every scope there is, in the order a granted scope is written; also the default."""
 ACCESS_TOKEN_PREFIX = "hdat_"  # noqa: S105 -- a prefix, not a secret
 REFRESH_TOKEN_PREFIX = "hdrt_"  # noqa: S105 -- likewise
+CODE_PREFIX = "hdac_"  # an authorization code: spotted in a log as easily
 AUTHORIZE_PATH = "/oauth/authorize"
 TOKEN_PATH = "/oauth/token"  # noqa: S105 -- a path
 REVOKE_PATH = "/oauth/revoke"
@@ -329,7 +330,7 @@ class OAuthServer:
         scope = _scope(params.get("scope"))
         if self.switches.deny:
             raise OAuthError("access_denied", "The resource owner denied the request")
-        code = secrets.token_urlsafe(32)
+        code = _new_token(CODE_PREFIX)
         self._codes[code] = _Code(
             client_id=client.client_id,
             redirect_uri=redirect_uri,

@@ -78,9 +78,10 @@ def serve(host: str | None, port: int | None, access_log: bool, scheduler: bool)
     _ensure_schema(settings)
     metrics = Metrics()
     services = []
-    if scheduler and settings.api_key is None:
+    if scheduler and not settings.reconciles:
         logging.getLogger(__name__).warning(
-            "HEALTHDOCK_API_KEY is not set: serving without the reconcile scheduler"
+            "HEALTHDOCK_API_KEY is not set (nor HEALTHDOCK_API_AUTH=oauth): serving without the "
+            "reconcile scheduler"
         )
     elif scheduler:
         from sync import running_scheduler
@@ -101,8 +102,10 @@ def worker() -> None:
     """Run only the reconcile scheduler (no receiver) until interrupted."""
     settings = _settings()
     _configure_logging(settings)
-    if settings.api_key is None:
-        raise click.ClickException("HEALTHDOCK_API_KEY: needed to reconcile with HealthDock")
+    if not settings.reconciles:
+        raise click.ClickException(
+            "HEALTHDOCK_API_KEY: needed to reconcile with HealthDock (or HEALTHDOCK_API_AUTH=oauth)"
+        )
     _ensure_schema(settings)
 
     async def run(engine: Engine) -> None:

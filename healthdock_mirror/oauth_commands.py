@@ -40,11 +40,13 @@ from mirror import (
     AuditAction,
     AuditOutcome,
     GrantState,
+    SchemaNotCurrent,
     Sealer,
     SealError,
     audit,
     oauth,
     read_transaction,
+    require_current,
     write_transaction,
 )
 from receiver import callback_app
@@ -69,6 +71,14 @@ def _registration(settings: Settings) -> tuple[oauth_flow.ClientRegistration, Se
     return oauth_flow.ClientRegistration.from_settings(settings), Sealer(
         settings.secret_key.get_secret_value()
     )
+
+
+def current_schema(engine: Engine) -> None:
+    """A read command never migrates: a schema behind the code is refused, by its setting."""
+    try:
+        require_current(engine)
+    except SchemaNotCurrent as error:
+        raise click.ClickException(str(error)) from None
 
 
 def _record(engine: Engine, action: AuditAction, target: str, outcome: AuditOutcome) -> None:
@@ -134,10 +144,13 @@ async def _login(
         )
     if callback.error is not None:
         raise click.ClickException(f"HealthDock did not authorize: {callback.error}")
-    if callback.issuer is not None and callback.issuer.rstrip("/") != registration.issuer:
+    if (callback.issuer is None and registration.requires_issuer) or (
+        callback.issuer is not None and callback.issuer.rstrip("/") != registration.issuer
+    ):
         # RFC 9207: the answer came from another authorization server than the one asked.
         raise click.ClickException(
-            "the callback names another issuer than HEALTHDOCK_OAUTH_AUTHORIZE_URL's: refused"
+            "the callback does not name the authorization server that was asked (its iss is "
+            "not HEALTHDOCK_OAUTH_ISSUER, or the authorize URL's origin): refused"
         )
     assert callback.code is not None
     async with oauth_flow.TokenEndpoint(registration) as endpoint:
@@ -171,8 +184,9 @@ async def _callback_listener(engine: Engine, redirect_uri: str) -> AsyncIterator
         # TLS is the proxy's in front of the receiver: only the receiver can take it.
         yield "the receiver behind your proxy takes the callback"
         return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        listening = socket.create_server((host, port))
+        listening = socket.create_server((host, port), family=family)
     except OSError as error:
         if error.errno != errno.EADDRINUSE:
             raise click.ClickException(
@@ -217,12 +231,14 @@ async def _receiver_answers(origin: str) -> bool:
 @oauth_group.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of lines.")
 def status(as_json: bool) -> None:
-    """Who authorized the reconciler, with which scopes, until when (never a token). Exit 1
+    """The stored grant: its client, scopes, expiry, and who ran the login (the operating
+    system's user; HealthDock knows which of its accounts approved). Never a token. Exit 1
     when there is no usable grant."""
     settings = settings_or_exit()
     configure_logs(settings)
     existing_mirror(settings)
     with database(settings) as engine:
+        current_schema(engine)
         info = read_transaction(engine, oauth.grant_info)
     now = datetime.now(UTC)
     document: dict[str, Any] = {"api_auth": settings.api_auth.value, "grant": None}
@@ -267,32 +283,45 @@ def status(as_json: bool) -> None:
 @oauth_group.command()
 def logout() -> None:
     """Revoke the grant at HealthDock (if HEALTHDOCK_OAUTH_REVOCATION_URL is set), then forget
-    it here."""
+    it here. Without HEALTHDOCK_SECRET_KEY (or with another one) it can only forget."""
     settings = settings_or_exit()
     configure_logs(settings)
-    registration, sealer = _registration(settings)
     existing_mirror(settings)
     with database(settings) as engine:
-        try:
-            loaded = read_transaction(engine, functools.partial(oauth.load_tokens, sealer=sealer))
-        except SealError as error:
-            loaded = None
-            click.echo(f"cannot revoke: {error}; forgetting the grant anyway", err=True)
+        current_schema(engine)
+        info = read_transaction(engine, oauth.grant_info)
         problem = None
-        if loaded is not None and registration.revocation_url is not None:
-            problem = asyncio.run(_revoke(registration, loaded[1]))
-        elif loaded is not None:
-            click.echo("HEALTHDOCK_OAUTH_REVOCATION_URL is not set: the tokens are only forgotten "
-                       "here and stay valid at HealthDock until they expire", err=True)  # fmt: skip
+        if info is not None:
+            problem = _revoke_stored(settings, engine)
         forgotten = write_transaction(engine, oauth.forget_grant)
+        target = "no grant" if info is None else f"client {info.client_id}"
         outcome = AuditOutcome.OK if problem is None else AuditOutcome.FAILED
-        _record(engine, AuditAction.OAUTH_LOGOUT, f"client {registration.client_id}", outcome)
+        _record(engine, AuditAction.OAUTH_LOGOUT, target, outcome)
     click.echo("forgot the OAuth grant" if forgotten else "there was no OAuth grant", err=True)
     if problem is not None:
         raise click.ClickException(
-            f"revocation failed ({problem}): the grant is forgotten here but may stay valid at "
+            f"not revoked ({problem}): the grant is forgotten here but may stay valid at "
             "HealthDock until it expires"
         )
+
+
+def _revoke_stored(settings: Settings, engine: Engine) -> str | None:
+    """Revoke the stored grant; what kept it from being revoked, if anything."""
+    if settings.oauth_client_id is None or settings.secret_key is None:
+        return "HEALTHDOCK_OAUTH_CLIENT_ID and HEALTHDOCK_SECRET_KEY are needed to revoke"
+    registration = oauth_flow.ClientRegistration.from_settings(settings)
+    if registration.revocation_url is None:
+        click.echo("HEALTHDOCK_OAUTH_REVOCATION_URL is not set: the tokens are only forgotten "
+                   "here and stay valid at HealthDock until they expire", err=True)  # fmt: skip
+        return None
+    sealer = Sealer(settings.secret_key.get_secret_value())
+    try:
+        loaded = read_transaction(engine, functools.partial(oauth.load_tokens, sealer=sealer))
+    except SealError as error:
+        return str(error)
+    if loaded is None:
+        return None
+    return asyncio.run(_revoke(registration, loaded[1]))
 
 
 async def _revoke(

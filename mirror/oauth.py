@@ -3,8 +3,9 @@
 ``oauth_grants`` holds the reconciler's one OAuth grant: its access and refresh tokens sealed
 (``mirror.sealing``; the key is HEALTHDOCK_SECRET_KEY's), and beside them what ``oauth status``
 shows without the key (client, scopes, expiry, who authorized it, refreshes). A refresh stores
-the new tokens only over the grant it refreshed (compare and set on ``refresh_count``), so a
-login that replaced the grant meanwhile is never overwritten with an older family's tokens.
+the new tokens only over the grant it refreshed (compare and set on the login's random
+``grant_id`` and ``refresh_count``), so a login that replaced the grant meanwhile is never
+overwritten with an older family's tokens, nor marked refused for the old family's refusal.
 
 ``oauth_logins`` carries a login's callback from whichever process received it (the receiver,
 or the login's own listener) to the login: found by the SHA-256 of its ``state``, completed
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -27,10 +30,19 @@ from mirror.sealing import Sealer
 from mirror.states import GrantState
 
 __all__ = ["GRANT_NAME", "GrantInfo", "LoginCallback", "OAuthTokens", "complete_login",
-           "drop_login", "forget_grant", "grant_info", "load_tokens", "mark_refused", "open_login",
-           "store_grant", "store_refreshed", "take_login"]  # fmt: skip
+           "drop_login", "error_code", "forget_grant", "grant_info", "load_tokens",
+           "mark_refused", "open_login", "store_grant", "store_refreshed",
+           "take_login"]  # fmt: skip
 
 GRANT_NAME = "healthdock"
+# An OAuth error code (RFC 6749 5.2 and 4.1.2.1 use these characters): shown and stored only
+# when it is one, never a server's free text.
+_ERROR_CODE = re.compile(r"[a-z_]{1,64}")
+
+
+def error_code(value: object) -> str | None:
+    """``value`` if it is an OAuth error code, else None."""
+    return value if isinstance(value, str) and _ERROR_CODE.fullmatch(value) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +58,7 @@ class OAuthTokens:
 
 @dataclass(frozen=True, slots=True)
 class GrantInfo:
+    grant_id: str
     client_id: str
     token_url: str
     scope: str | None
@@ -79,7 +92,7 @@ def _seal(sealer: Sealer, tokens: OAuthTokens, client_id: str) -> bytes:
 def _info(row: object) -> GrantInfo:
     m = row._mapping  # type: ignore[attr-defined]
     return GrantInfo(
-        m["client_id"], m["token_url"], m["scope"],
+        m["grant_id"], m["client_id"], m["token_url"], m["scope"],
         None if m["access_expires_at"] is None else as_utc(m["access_expires_at"]),
         bool(m["has_refresh_token"]), GrantState(m["state"]), m["authorized_by"],
         as_utc(m["authorized_at"]),
@@ -122,7 +135,8 @@ def store_grant(
     connection.execute(delete(oauth_grants).where(oauth_grants.c.name == GRANT_NAME))
     connection.execute(
         insert(oauth_grants).values(
-            name=GRANT_NAME, client_id=client_id, token_url=token_url, scope=tokens.scope,
+            name=GRANT_NAME, grant_id=secrets.token_hex(16), client_id=client_id,
+            token_url=token_url, scope=tokens.scope,
             sealed_tokens=_seal(sealer, tokens, client_id), access_expires_at=tokens.expires_at,
             has_refresh_token=tokens.refresh_token is not None, state=GrantState.ACTIVE,
             authorized_by=actor, authorized_at=now, refresh_count=0,
@@ -135,35 +149,40 @@ def store_refreshed(
     sealer: Sealer,
     tokens: OAuthTokens,
     *,
-    client_id: str,
-    refreshed_from: int,
+    refreshed: GrantInfo,
     now: datetime | None = None,
 ) -> bool:
-    """The tokens of a refresh of the grant as it was at ``refresh_count == refreshed_from``;
-    False (nothing written) if the grant has changed since."""
+    """The tokens of a refresh of the grant as ``refreshed`` describes it; False (nothing
+    written) if the grant has changed since (another login, another refresh)."""
     now = now or datetime.now(UTC)
     written = connection.execute(
         update(oauth_grants)
         .where(
             oauth_grants.c.name == GRANT_NAME,
-            oauth_grants.c.client_id == client_id,
-            oauth_grants.c.refresh_count == refreshed_from,
+            oauth_grants.c.grant_id == refreshed.grant_id,
+            oauth_grants.c.refresh_count == refreshed.refresh_count,
         )
         .values(
-            sealed_tokens=_seal(sealer, tokens, client_id), access_expires_at=tokens.expires_at,
+            sealed_tokens=_seal(sealer, tokens, refreshed.client_id),
+            access_expires_at=tokens.expires_at,
             has_refresh_token=tokens.refresh_token is not None,
             scope=tokens.scope if tokens.scope is not None else oauth_grants.c.scope,
-            state=GrantState.ACTIVE, refreshed_at=now, refresh_count=refreshed_from + 1,
+            state=GrantState.ACTIVE, refreshed_at=now, refresh_count=refreshed.refresh_count + 1,
         )
     )  # fmt: skip
     return written.rowcount == 1
 
 
-def mark_refused(connection: Connection, *, refreshed_from: int) -> None:
-    """HealthDock refused the grant's refresh token: nothing but a new login can help."""
+def mark_refused(connection: Connection, *, refused: GrantInfo) -> None:
+    """HealthDock refused the refresh token of the grant as ``refused`` describes it: nothing
+    but a new login can help (a grant that changed since is left alone)."""
     connection.execute(
         update(oauth_grants)
-        .where(oauth_grants.c.name == GRANT_NAME, oauth_grants.c.refresh_count == refreshed_from)
+        .where(
+            oauth_grants.c.name == GRANT_NAME,
+            oauth_grants.c.grant_id == refused.grant_id,
+            oauth_grants.c.refresh_count == refused.refresh_count,
+        )
         .values(state=GrantState.REFUSED)
     )
 

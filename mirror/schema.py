@@ -264,6 +264,7 @@ oauth_grants = Table(
     "oauth_grants",
     metadata,
     Column("name", String(32), primary_key=True, comment="the API it authorizes: healthdock"),
+    Column("grant_id", String(32), nullable=False, comment="random, new at each login"),
     Column("client_id", String(255), nullable=False),
     Column("token_url", Text, nullable=False, comment="the token endpoint that issued it"),
     Column("scope", Text, comment="as granted"),

@@ -22,12 +22,12 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import QueryParameter
 from sqlalchemy import Engine
 
-from mirror import oauth, write_transaction
-from receiver.errors import EXCEPTION_HANDLERS, error_responses
+from config import OAUTH_CALLBACK_PATH
+from mirror import DatabaseUnavailable, oauth, write_transaction
+from receiver.errors import EXCEPTION_HANDLERS
 
-CALLBACK_PATH = "/oauth/callback"
+CALLBACK_PATH = OAUTH_CALLBACK_PATH
 _MAX_PARAMETER = 2048
-_ERROR_CODE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz_")
 _HEADERS = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",
@@ -85,7 +85,11 @@ _Issuer = Annotated[
             media_type=MediaType.HTML,
             description="not a callback, or no login is waiting for this state",
         ),
-        **error_responses(503),
+        503: ResponseSpec(
+            data_container=str,
+            media_type=MediaType.HTML,
+            description="the database is not answering: reload the page soon",
+        ),
     },
     sync_to_thread=True,
 )
@@ -102,14 +106,18 @@ def oauth_callback(
     state = _parameter(request, "state")
     code = _parameter(request, "code")
     error = _parameter(request, "error")
-    if error is not None and not (len(error) <= 64 and set(error) <= _ERROR_CODE_CHARS):
+    if error is not None and oauth.error_code(error) is None:
         error = "invalid_error_code"
     if state is None or (code is None) == (error is None):
         return _page(400, "Not a callback", "This address takes HealthDock's redirect only.")
     callback = oauth.LoginCallback(code, error, _parameter(request, "iss"))
     engine: Engine = request.app.state.engine
     complete = functools.partial(oauth.complete_login, state=state, callback=callback)
-    if not write_transaction(engine, complete):
+    try:
+        completed = write_transaction(engine, complete)
+    except DatabaseUnavailable:
+        return _page(503, "Try again", "The mirror's database is not answering: reload soon.")
+    if not completed:
         return _page(
             400, "No login is waiting",
             "This sign-in is unknown, expired or already done: run healthdock-mirror oauth "

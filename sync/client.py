@@ -219,13 +219,15 @@ class HealthDockClient:
     async def _send(
         self, resource: Resource, params: Mapping[str, str], what: str
     ) -> httpx.Response:
+        # Before taking a slot: a refresh may take a while, and must not hold the window's
+        # probing slot meanwhile.
+        authorization = await self._credentials.authorization()
         delay = await self._slot()
-        if delay > 0:
-            await self._sleep(delay)
         try:
-            authorization = await self._credentials.authorization()
+            if delay > 0:
+                await self._sleep(delay)
         except BaseException:
-            self._settle(None, answered=False)  # no request went: nobody waits for it
+            self._settle(None, answered=False)  # cancelled before it went: nobody waits for it
             raise
         self.stats.requests += 1
         try:
@@ -261,6 +263,11 @@ class HealthDockClient:
             self.stats.errors += 1
             log.warning("%s: HealthDock answered %d", what, status)
             raise _Retryable(f"HealthDock answered {status}")
+        if status == 401:
+            raise UpstreamError(
+                f"{what}: HealthDock answered 401: {_error_code(response)} "
+                f"({self._credentials.refusal_hint})"
+            )
         if status != 200:
             raise UpstreamError(f"{what}: HealthDock answered {status}: {_error_code(response)}")
         try:

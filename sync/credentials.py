@@ -20,8 +20,15 @@ class Credentials(Protocol):
 
     async def aclose(self) -> None: ...
 
+    @property
+    def refusal_hint(self) -> str:
+        """What an operator should do when HealthDock refuses these credentials."""
+        ...
+
 
 class ApiKey:
+    refusal_hint = "check HEALTHDOCK_API_KEY"
+
     def __init__(self, api_key: str) -> None:
         self._header = f"Bearer {api_key}"
 

@@ -9,7 +9,9 @@ would present the same refresh token, and HealthDock would take the second for a
 (RFC 9700 4.14.2) and revoke the grant.
 
 A refused refresh (``invalid_grant``) marks the grant refused: later passes end at once with
-"run healthdock-mirror oauth login", without asking the token endpoint again.
+"run healthdock-mirror oauth login", without asking the token endpoint again. A refresh, once
+sent, runs to its end even if the request that needed it is cancelled, and its tokens are
+kept in memory until the database has them: a rotated refresh token is never lost.
 """
 
 from __future__ import annotations
@@ -24,7 +26,15 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
 
-from mirror import GrantState, Sealer, SealError, oauth, read_transaction, write_transaction
+from mirror import (
+    DatabaseUnavailable,
+    GrantState,
+    Sealer,
+    SealError,
+    oauth,
+    read_transaction,
+    write_transaction,
+)
 from sync.client import UpstreamError
 from sync.oauth import LOGIN_HINT, TokenEndpoint, TokenRefused
 
@@ -41,6 +51,8 @@ class AuthorizationNeeded(UpstreamError):
 class OAuthGrant:
     """The stored grant, refreshed as needed. ``token_endpoint`` is closed with it."""
 
+    refusal_hint = LOGIN_HINT
+
     def __init__(
         self,
         engine: Engine,
@@ -56,6 +68,8 @@ class OAuthGrant:
         self._lock = asyncio.Lock()
         self._info: oauth.GrantInfo | None = None
         self._tokens: oauth.OAuthTokens | None = None
+        self._unsaved: tuple[oauth.GrantInfo, oauth.OAuthTokens] | None = None
+        self._failure: UpstreamError | None = None
         self.refreshes = 0
 
     async def authorization(self) -> str:
@@ -75,7 +89,10 @@ class OAuthGrant:
         return True
 
     async def aclose(self) -> None:
-        await self._endpoint.__aexit__()
+        try:
+            await self._store_unsaved()
+        finally:
+            await self._endpoint.__aexit__()
 
     def _expiring(self, info: oauth.GrantInfo | None, tokens: oauth.OAuthTokens) -> bool:
         if tokens.expires_at is None:
@@ -89,40 +106,83 @@ class OAuthGrant:
 
     async def _renew(self, *, rejected: str | None) -> None:
         """Take the stored tokens if they are good (new ones from another login); else
-        refresh. ``rejected``: the header HealthDock refused, which no longer counts as good."""
-        info, tokens = await self._load()
-        usable = not self._expiring(info, tokens)
-        if rejected is not None and f"Bearer {tokens.access_token}" == rejected:
-            usable = False
-        if usable:
-            self._info, self._tokens = info, tokens
-            return
-        if tokens.refresh_token is None:
-            raise AuthorizationNeeded(
-                f"the OAuth access token expired and HealthDock issued no refresh token: "
-                f"{LOGIN_HINT}"
-            )
+        refresh. ``rejected``: the header HealthDock refused, which no longer counts as good.
+        A failure is remembered: the requests waiting on the lock, and the rest of this run,
+        get it at once instead of asking the token endpoint again."""
+        if self._failure is not None:
+            raise self._failure
         try:
-            fresh = await self._endpoint.refresh(tokens.refresh_token)
+            await self._store_unsaved()
+            info, tokens = await self._load()
+            usable = not self._expiring(info, tokens)
+            if rejected is not None and f"Bearer {tokens.access_token}" == rejected:
+                usable = False
+            if usable:
+                self._info, self._tokens = info, tokens
+                return
+            if tokens.refresh_token is None:
+                raise AuthorizationNeeded(
+                    f"the OAuth access token expired and HealthDock issued no refresh token: "
+                    f"{LOGIN_HINT}"
+                )
+            # Shielded: once HealthDock rotated the refresh token, the new one must be kept
+            # even if this request is cancelled (a sibling page failed, the lease was lost).
+            refreshing = asyncio.ensure_future(self._refresh(info, tokens.refresh_token))
+            # Its outcome is read here, or (if this request was cancelled) by this callback.
+            refreshing.add_done_callback(lambda done: done.cancelled() or done.exception())
+            await asyncio.shield(refreshing)
+        except UpstreamError as error:
+            self._failure = error
+            raise
+
+    async def _refresh(self, info: oauth.GrantInfo, refresh_token: str) -> None:
+        try:
+            fresh = await self._endpoint.refresh(refresh_token)
         except TokenRefused as refusal:
+            if refusal.error != "invalid_grant":
+                # The client's registration or the request is at fault, not the grant: a
+                # corrected setting makes the same grant work again.
+                raise AuthorizationNeeded(
+                    f"HealthDock's token endpoint refused the refresh ({refusal.error}): check "
+                    f"HEALTHDOCK_OAUTH_CLIENT_ID and _SECRET, or {LOGIN_HINT}"
+                ) from None
             await asyncio.to_thread(
-                write_transaction, self._engine,
-                functools.partial(oauth.mark_refused, refreshed_from=info.refresh_count),
-            )  # fmt: skip
-            log.warning("OAuth refresh refused (%s): the grant is marked refused", refusal.error)
+                write_transaction, self._engine, functools.partial(oauth.mark_refused, refused=info)
+            )
+            log.warning("OAuth refresh refused (invalid_grant): the grant is marked refused")
             raise AuthorizationNeeded(
-                f"HealthDock refused the OAuth refresh token ({refusal.error}): {LOGIN_HINT}"
+                f"HealthDock refused the OAuth refresh token (invalid_grant): {LOGIN_HINT}"
             ) from None
         self.refreshes += 1
-        store = functools.partial(
-            oauth.store_refreshed, sealer=self._sealer, tokens=fresh, client_id=info.client_id,
-            refreshed_from=info.refresh_count, now=datetime.fromtimestamp(self._clock(), UTC),
-        )  # fmt: skip
-        if not await asyncio.to_thread(write_transaction, self._engine, store):
-            log.warning("the OAuth grant changed while it was refreshed: its new tokens are kept")
-        self._info = await asyncio.to_thread(read_transaction, self._engine, oauth.grant_info)
-        self._tokens = fresh
+        self._tokens = fresh  # in use at once; kept in memory until it is stored
+        self._unsaved = (info, fresh)
+        await self._store_unsaved()
         log.info("OAuth access token refreshed")
+
+    async def _store_unsaved(self) -> None:
+        """Store the last refresh's tokens over the grant they refreshed. The database away,
+        they stay in memory (this run goes on with them) and storing is tried again."""
+        if self._unsaved is None:
+            return
+        info, fresh = self._unsaved
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        store = functools.partial(
+            oauth.store_refreshed, sealer=self._sealer, tokens=fresh, refreshed=info, now=now
+        )
+        try:
+            stored = await asyncio.to_thread(write_transaction, self._engine, store)
+            current = await asyncio.to_thread(read_transaction, self._engine, oauth.grant_info)
+        except DatabaseUnavailable:
+            log.warning("the refreshed OAuth tokens cannot be stored yet: trying again later")
+            return
+        self._unsaved = None
+        if not stored:
+            log.warning(
+                "the OAuth grant was replaced by a login while it was refreshed: this run goes "
+                "on with the refreshed tokens; the login's grant is kept"
+            )
+        elif current is not None:
+            self._info = current
 
     async def _load(self) -> tuple[oauth.GrantInfo, oauth.OAuthTokens]:
         def load(connection: Connection) -> tuple[oauth.GrantInfo, oauth.OAuthTokens] | None:

@@ -7,7 +7,14 @@ code challenge, the token and revocation request bodies, client authentication
 through an httpx client of ours: Authlib's own httpx client is deprecated in favour of
 httpx2 (Authlib 1.9), and the API client's transport (loopback or ASGI in tests) must be
 the same here. What the token endpoint answers is checked here: a token type other than
-Bearer, or a body without an access token, is an error, never half a grant.
+Bearer, a body without an access token or with an absurd ``expires_in``, is an error, never
+half a grant.
+
+Retries: a refresh token or a code is single-use. A request that may have reached the server
+(a read timeout, a dropped answer, a 500) is therefore never sent again: the server may have
+rotated the refresh token already, and the same one presented twice would look stolen and
+revoke the grant (RFC 9700 4.14.2). Only what surely did not arrive or was not processed (a
+connection never made, 429, 503) is retried; revocation, which is idempotent, always is.
 
 Tokens never reach a log line or an exception's text: errors carry the endpoint's error code.
 """
@@ -15,6 +22,7 @@ Tokens never reach a log line or an exception's text: errors carry the endpoint'
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -43,7 +51,10 @@ __all__ = ["LOGIN_HINT", "AuthorizationRequest", "ClientRegistration", "TokenEnd
            "TokenEndpointUnavailable", "TokenRefused", "start_authorization"]  # fmt: skip
 
 LOGIN_HINT = "run healthdock-mirror oauth login"
-_ERROR_CODE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz_")
+# An access token said to last longer than this is a malformed answer, not a gift.
+_MAX_LIFETIME_SECONDS = 10 * 365 * 86_400
+# Statuses after which the token endpoint surely did not use what was sent.
+_NOT_PROCESSED = frozenset({429, 503})
 
 
 class TokenRefused(UpstreamError):
@@ -55,7 +66,8 @@ class TokenRefused(UpstreamError):
 
 
 class TokenEndpointUnavailable(UpstreamError):
-    """The token endpoint did not answer usably, after retries."""
+    """The token endpoint did not answer usably (after retries where a retry is safe). What
+    was sent may or may not have been used: the grant is kept, not marked refused."""
 
 
 class _Retryable(Exception):
@@ -73,6 +85,7 @@ class ClientRegistration:
     revocation_url: str | None
     redirect_uri: str
     scope: str | None
+    configured_issuer: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ClientRegistration:
@@ -83,13 +96,23 @@ class ClientRegistration:
             settings.oauth_client_id, None if secret is None else secret.get_secret_value(),
             settings.oauth_authorize_url, settings.oauth_token_url,
             settings.oauth_revocation_url, settings.oauth_redirect_uri, settings.oauth_scope,
+            settings.oauth_issuer,
         )  # fmt: skip
 
     @property
     def issuer(self) -> str:
-        """Who answers the authorization request: what a callback's ``iss`` must be."""
+        """Who answers the authorization request: what a callback's ``iss`` must be (RFC 9207):
+        HEALTHDOCK_OAUTH_ISSUER, else the authorize URL's origin."""
+        if self.configured_issuer is not None:
+            return self.configured_issuer.rstrip("/")
         parts = urlsplit(self.authorize_url)
         return f"{parts.scheme}://{parts.netloc}"
+
+    @property
+    def requires_issuer(self) -> bool:
+        """A configured issuer must be in every callback; without one, ``iss`` is checked when
+        the callback has it."""
+        return self.configured_issuer is not None
 
     def client_auth(self) -> Any:
         """Authlib's client authentication for the token and revocation endpoints."""
@@ -156,13 +179,15 @@ class TokenEndpoint:
             "authorization_code", code=code, redirect_uri=self.client.redirect_uri,
             code_verifier=code_verifier,
         )  # fmt: skip
-        return _tokens(await self._post(self.client.token_url, body, "code exchange"), self._clock)
+        answer = await self._post(self.client.token_url, body, "code exchange", single_use=True)
+        return _tokens(answer, self._clock)
 
     async def refresh(self, refresh_token: str) -> oauth.OAuthTokens:
         """New tokens for a refresh token (RFC 6749 6). A server that does not rotate answers
         without a refresh token: the one presented goes on."""
         body = prepare_token_request("refresh_token", refresh_token=refresh_token)
-        tokens = _tokens(await self._post(self.client.token_url, body, "refresh"), self._clock)
+        answer = await self._post(self.client.token_url, body, "refresh", single_use=True)
+        tokens = _tokens(answer, self._clock)
         if tokens.refresh_token is None:
             tokens = oauth.OAuthTokens(
                 tokens.access_token, refresh_token, tokens.token_type, tokens.expires_at,
@@ -175,10 +200,12 @@ class TokenEndpoint:
         if self.client.revocation_url is None:
             raise ValueError("HEALTHDOCK_OAUTH_REVOCATION_URL is not set")
         body, _ = prepare_revoke_token_request(token, hint)
-        await self._post(self.client.revocation_url, body, "revocation", expect_json=False)
+        await self._post(
+            self.client.revocation_url, body, "revocation", single_use=False, expect_json=False
+        )
 
     async def _post(
-        self, url: str, body: str, what: str, *, expect_json: bool = True
+        self, url: str, body: str, what: str, *, single_use: bool, expect_json: bool = True
     ) -> dict[str, Any]:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._attempts),
@@ -190,14 +217,16 @@ class TokenEndpoint:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._attempt(url, body, what, expect_json)
+                    return await self._attempt(url, body, what, single_use, expect_json)
         except _Retryable as error:
             raise TokenEndpointUnavailable(
                 f"{what}: {error} (gave up after {self._attempts} attempts)"
             ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _attempt(self, url: str, body: str, what: str, expect_json: bool) -> dict[str, Any]:
+    async def _attempt(
+        self, url: str, body: str, what: str, single_use: bool, expect_json: bool
+    ) -> dict[str, Any]:
         headers = {
             "Content-Type": "application/x-www-form-urlencoded",
             "Accept": "application/json",
@@ -206,16 +235,30 @@ class TokenEndpoint:
         self.requests += 1
         try:
             response = await self._http.post(url, content=body.encode(), headers=headers)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
+            raise _Retryable(type(error).__name__) from None  # it never left
         except httpx.TransportError as error:
-            raise _Retryable(type(error).__name__) from None
-        if response.status_code == 429 or response.status_code >= 500:
-            raise _Retryable(f"HealthDock's token endpoint answered {response.status_code}")
+            self._failed(single_use, type(error).__name__, what)
+            raise
+        status = response.status_code
+        if status in _NOT_PROCESSED:
+            raise _Retryable(f"HealthDock's token endpoint answered {status}")
+        if status >= 500:
+            self._failed(single_use, f"HealthDock's token endpoint answered {status}", what)
         document = _json(response)
-        if response.status_code != 200:
-            raise TokenRefused(_error_code(document, response.status_code), what)
+        if status != 200:
+            raise TokenRefused(_error_code(document, status), what)
         if expect_json and document is None:
-            raise _Retryable("an unreadable answer (truncated?)")
+            self._failed(single_use, "an unreadable answer (truncated?)", what)
         return document or {}
+
+    @staticmethod
+    def _failed(single_use: bool, problem: str, what: str) -> None:
+        """A failure after which what was sent may have been used: retried only if it may be
+        sent twice."""
+        if not single_use:
+            raise _Retryable(problem)
+        raise TokenEndpointUnavailable(f"{what}: {problem} (not retried: it may have been used)")
 
 
 def _json(response: httpx.Response) -> dict[str, Any] | None:
@@ -228,23 +271,28 @@ def _json(response: httpx.Response) -> dict[str, Any] | None:
 
 def _error_code(document: dict[str, Any] | None, status: int) -> str:
     """The RFC 6749 5.2 error code, if it is one (it is shown and logged: never free text)."""
-    code = None if document is None else document.get("error")
-    if isinstance(code, str) and 0 < len(code) <= 64 and set(code) <= _ERROR_CODE_CHARS:
-        return code
-    return f"status {status}"
+    code = oauth.error_code(None if document is None else document.get("error"))
+    return code if code is not None else f"status {status}"
 
 
 def _tokens(document: dict[str, Any], clock: Callable[[], float]) -> oauth.OAuthTokens:
     access = document.get("access_token")
     token_type = document.get("token_type")
     if not isinstance(access, str) or not access:
-        raise TokenRefused("no access_token", "token response")
+        raise TokenEndpointUnavailable("token response: no access_token")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
-        raise TokenRefused("a token type other than Bearer", "token response")
+        raise TokenEndpointUnavailable("token response: a token type other than Bearer")
     refresh = document.get("refresh_token")
     expires_in = document.get("expires_in")
     expires_at = None
-    if isinstance(expires_in, int | float) and not isinstance(expires_in, bool):
+    if expires_in is not None:
+        if (
+            not isinstance(expires_in, int | float)
+            or isinstance(expires_in, bool)
+            or not math.isfinite(expires_in)
+            or not 0 < expires_in <= _MAX_LIFETIME_SECONDS
+        ):
+            raise TokenEndpointUnavailable("token response: expires_in is not a lifetime")
         expires_at = datetime.fromtimestamp(clock(), UTC) + timedelta(seconds=expires_in)
     scope = document.get("scope")
     return oauth.OAuthTokens(

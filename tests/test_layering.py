@@ -98,6 +98,6 @@ def test_config_surface() -> None:
     import config
 
     assert sorted(config.__all__) == [
-        "ApiAuth", "ConfigurationError", "LogOptions", "MirrorError", "Settings", "SettingsError",
-        "configure_logging", "load_settings",
+        "ApiAuth", "ConfigurationError", "LogOptions", "MirrorError", "OAUTH_CALLBACK_PATH",
+        "Settings", "SettingsError", "configure_logging", "load_settings",
     ]  # fmt: skip

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +96,9 @@ def _follow(url: str) -> httpx.Response:
 
 
 def _finish(login: subprocess.Popen[str]) -> tuple[int, str]:
-    _, errors = login.communicate(timeout=60)
+    """Its exit code and everything else it wrote (standard output holds the URL alone)."""
+    rest, errors = login.communicate(timeout=60)
+    assert rest == ""
     return login.returncode, errors
 
 
@@ -130,7 +133,8 @@ def test_login_then_reconcile_then_logout(
     assert f"client:         {CLIENT_ID}" in shown.stdout
     assert "state:          active" in shown.stdout
     assert "refresh token:  held" in shown.stdout
-    document = json.loads(_run(env, "oauth", "status", "--json").stdout)
+    as_json = _run(env, "oauth", "status", "--json")
+    document = json.loads(as_json.stdout)
     assert document["grant"]["scope"] == "patients:read appointments:read"
     assert document["grant"]["authorized_by"].startswith("cli")
 
@@ -138,8 +142,8 @@ def test_login_then_reconcile_then_logout(
     assert synced.returncode == 0, synced.stderr
     assert healthdock.fake.stats.unauthorized == 0
     status = _run(env, "status")
-    _no_tokens(login_log, shown.stdout, shown.stderr, synced.stdout, synced.stderr,
-               status.stdout, status.stderr)  # fmt: skip
+    _no_tokens(login_log, shown.stdout, shown.stderr, as_json.stdout, synced.stdout,
+               synced.stderr, status.stdout, status.stderr)  # fmt: skip
 
     out = _run(env, "oauth", "logout")
     assert out.returncode == 0, out.stderr
@@ -158,7 +162,8 @@ def test_a_running_receiver_takes_the_callback(
     port = urlsplit(_redirect(healthdock)).port
     env = _env(database_url, healthdock, log_level="INFO")
     receiver_env = {**env, "HEALTHDOCK_PORT": str(port)}
-    with service(["serve", "--no-scheduler"], receiver_env, tmp_path / "serve.log",
+    # With the access log on: the callback's query (code and state) must not reach it.
+    with service(["serve", "--no-scheduler", "--access-log"], receiver_env, tmp_path / "serve.log",
                  url=f"http://127.0.0.1:{port}") as receiver:  # fmt: skip
         with _login(env) as (login, url):
             callback = httpx.get(url).headers["location"]
@@ -170,7 +175,10 @@ def test_a_running_receiver_takes_the_callback(
         replayed = httpx.get(callback)
         assert replayed.status_code == 400
         assert "No login is waiting" in replayed.text
-        _no_tokens(receiver.output())
+        logged = receiver.output()
+        assert "GET /oauth/callback?[redacted]" in logged
+        _no_tokens(logged)
+        assert parse_qs(urlsplit(callback).query)["state"][0] not in logged
     assert _run(env, "oauth", "status").returncode == 0
 
 
@@ -230,3 +238,37 @@ def test_the_secret_key_missing_or_wrong(database_url: str, healthdock: HealthDo
     assert "HEALTHDOCK_SECRET_KEY does not open the stored tokens" in synced.stderr
     assert "run healthdock-mirror oauth login again" in synced.stderr
     assert _run(other_key, "oauth", "status").returncode == 0  # no key needed to describe it
+
+
+def test_a_worker_reconciles_on_the_grant(
+    database_url: str, healthdock: HealthDock, tmp_path: Path
+) -> None:
+    """The scheduler runs in OAuth mode without an API key (serve's and worker's alike)."""
+    env = _env(database_url, healthdock, log_level="INFO")
+    with _login(env) as (login, url):
+        _follow(url)
+        assert _finish(login)[0] == 0
+    with service(["worker"], env, tmp_path / "worker.log") as worker:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            runs = json.loads(_run(env, "status", "--json").stdout)["runs"]
+            if sum(run["outcome"] == "success" for run in runs) >= 2:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the worker reconciled nothing:\n" + worker.output()[-3000:])
+        _no_tokens(worker.output())
+    assert healthdock.fake.stats.unauthorized == 0
+
+
+def test_a_callback_from_another_issuer_is_refused(
+    database_url: str, healthdock: HealthDock
+) -> None:
+    """RFC 9207: the callback's iss must be the authorization server the login asked."""
+    env = _env(database_url, healthdock, oauth_issuer="https://auth.other.example")
+    with _login(env) as (login, url):
+        assert _follow(url).status_code == 200
+        code, login_log = _finish(login)
+    assert code == 1
+    assert "does not name the authorization server that was asked" in login_log
+    assert healthdock.fake.oauth.stats.codes_exchanged == 0  # the code was never sent

@@ -57,6 +57,10 @@ def test_a_complete_oauth_configuration_and_its_defaults(monkeypatch: pytest.Mon
          "plain http only"),
         ("HEALTHDOCK_OAUTH_REDIRECT_URI", "http://127.0.0.1:8080/callback", "/oauth/callback"),
         ("HEALTHDOCK_OAUTH_REDIRECT_URI", "http://127.0.0.1:8080/oauth/callback#x", "fragment"),
+        # RFC 8252 8.3: a name may resolve elsewhere; the listener binds a literal.
+        ("HEALTHDOCK_OAUTH_REDIRECT_URI", "http://localhost:8080/oauth/callback", "127.0.0.1"),
+        ("HEALTHDOCK_OAUTH_REDIRECT_URI", "http://127.0.0.1:99999/oauth/callback", "port"),
+        ("HEALTHDOCK_OAUTH_ISSUER", "http://auth.example.org", "plain http only"),
     ],
 )  # fmt: skip
 def test_bad_oauth_values_name_the_setting(

@@ -29,6 +29,8 @@ def upgrade() -> None:
             "name", sa.String(length=32), nullable=False,
             comment="the API it authorizes: healthdock",
         ),
+        sa.Column("grant_id", sa.String(length=32), nullable=False,
+                  comment="random, new at each login"),
         sa.Column("client_id", sa.String(length=255), nullable=False),
         sa.Column("token_url", sa.Text(), nullable=False,
                   comment="the token endpoint that issued it"),

@@ -96,7 +96,7 @@ def test_the_oauth_module() -> None:
     assert sorted(oauth.__all__) == sorted(
         [
             "GRANT_NAME", "GrantInfo", "LoginCallback", "OAuthTokens", "complete_login",
-            "drop_login", "forget_grant", "grant_info", "load_tokens", "mark_refused",
+            "drop_login", "error_code", "forget_grant", "grant_info", "load_tokens", "mark_refused",
             "open_login", "store_grant", "store_refreshed", "take_login"
         ]
     )  # fmt: skip

@@ -53,39 +53,62 @@ def test_another_key_cannot_load_them(engine: Engine) -> None:
     assert info.scope == "patients:read"
 
 
-def test_a_refresh_is_stored_only_over_the_grant_it_refreshed(engine: Engine) -> None:
-    _store(engine)
-    fresh = oauth.OAuthTokens("hdat_2", "hdrt_2", "Bearer", None, None)
-
-    def refreshed(from_count: int) -> bool:
-        return write_transaction(engine, functools.partial(
-            oauth.store_refreshed, sealer=Sealer(KEY), tokens=fresh, client_id="mirror-app",
-            refreshed_from=from_count,
-        ))  # fmt: skip
-
-    assert refreshed(0)
-    assert not refreshed(0)  # a second refresh of the same generation: a stale writer
+def _info(engine: Engine) -> oauth.GrantInfo:
     info = read_transaction(engine, oauth.grant_info)
     assert info is not None
+    return info
+
+
+def _refreshed(engine: Engine, refreshed: oauth.GrantInfo, access: str = "hdat_2") -> bool:
+    fresh = oauth.OAuthTokens(access, "hdrt_2", "Bearer", None, None)
+    store = functools.partial(
+        oauth.store_refreshed, sealer=Sealer(KEY), tokens=fresh, refreshed=refreshed
+    )
+    return write_transaction(engine, store)
+
+
+def test_a_refresh_is_stored_only_over_the_grant_it_refreshed(engine: Engine) -> None:
+    _store(engine)
+    first = _info(engine)
+    assert _refreshed(engine, first)
+    assert not _refreshed(engine, first)  # a second refresh of the same generation: stale
+    info = _info(engine)
     assert (info.refresh_count, info.scope) == (1, "patients:read")  # the scope is kept
     assert info.refreshed_at is not None
-    _store(engine)  # a new login replaces the grant
-    assert not refreshed(1)
+    assert _refreshed(engine, info)
+
+
+def test_a_new_login_is_never_overwritten_by_the_old_grants_refresh(engine: Engine) -> None:
+    _store(engine)
+    old = _info(engine)
+    _store(engine, oauth.OAuthTokens("hdat_new", "hdrt_new", "Bearer", None, None))
+    assert _info(engine).refresh_count == old.refresh_count == 0  # same count, another login
+    assert not _refreshed(engine, old, access="hdat_from_the_old_family")
+    write_transaction(engine, functools.partial(oauth.mark_refused, refused=old))
+    assert _info(engine).state is GrantState.ACTIVE
+    loaded = read_transaction(engine, functools.partial(oauth.load_tokens, sealer=Sealer(KEY)))
+    assert loaded is not None
+    assert loaded[1].access_token == "hdat_new"
 
 
 def test_a_refused_grant_stays_refused_until_a_new_login(engine: Engine) -> None:
     _store(engine)
-    write_transaction(engine, functools.partial(oauth.mark_refused, refreshed_from=0))
-    info = read_transaction(engine, oauth.grant_info)
-    assert info is not None
-    assert info.state is GrantState.REFUSED
+    write_transaction(engine, functools.partial(oauth.mark_refused, refused=_info(engine)))
+    assert _info(engine).state is GrantState.REFUSED
     _store(engine)
-    info = read_transaction(engine, oauth.grant_info)
-    assert info is not None
-    assert info.state is GrantState.ACTIVE
+    assert _info(engine).state is GrantState.ACTIVE
     assert write_transaction(engine, oauth.forget_grant)
     assert read_transaction(engine, oauth.grant_info) is None
     assert not write_transaction(engine, oauth.forget_grant)
+
+
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [("invalid_grant", "invalid_grant"), ("access_denied", "access_denied"),
+     ("Invalid grant!", None), ("<b>", None), ("", None), ("x" * 65, None), (7, None)],
+)  # fmt: skip
+def test_only_an_oauth_error_code_is_kept(value: object, code: str | None) -> None:
+    assert oauth.error_code(value) == code
 
 
 def test_a_callback_completes_its_login_once(engine: Engine) -> None:

@@ -20,7 +20,7 @@ from tests.conftest import make_settings
 CLIENT_ID = "mirror-app"
 SECRET_KEY = "a-test-secret-key-of-32-characters-at-least"
 REDIRECT_URI = "http://127.0.0.1:8080/oauth/callback"
-TOKEN_PREFIXES = ("hdat_", "hdrt_")  # the fake's access and refresh tokens
+TOKEN_PREFIXES = ("hdat_", "hdrt_", "hdac_")  # the fake's access and refresh tokens, its codes
 
 
 def oauth_client(redirect_uri: str = REDIRECT_URI, secret: str | None = None) -> OAuthClient:

@@ -14,7 +14,15 @@ from sqlalchemy import Engine, select
 
 from fake_healthdock import FakeHealthDock, create_app
 from fake_healthdock.clock import ManualClock
-from mirror import GrantState, Resource, RunOutcome, Sealer, oauth, read_transaction
+from mirror import (
+    GrantState,
+    Resource,
+    RunOutcome,
+    Sealer,
+    oauth,
+    read_transaction,
+    write_transaction,
+)
 from mirror.schema import sync_runs
 from sync import run_reconcile
 from sync.client import HealthDockClient
@@ -228,3 +236,117 @@ def test_without_a_usable_grant_the_pass_says_what_to_do(
     if problem == "another key":
         assert "HEALTHDOCK_SECRET_KEY does not open" in result.error
     assert fake.stats.requests == 0
+
+
+def test_a_reused_refresh_token_is_refused_and_the_grant_marked(
+    database_url: str, engine: Engine
+) -> None:
+    """A refresh token presented after it was rotated (a copy restored from a backup, say) is
+    taken by HealthDock for a stolen one: the grant's whole family is revoked."""
+    fake = _fake()
+    transport = httpx.ASGITransport(app=create_app(fake))
+    settings = oauth_settings(database_url)
+    asyncio.run(authorize(settings, engine, transport))
+    old = _stored_tokens(engine)
+    fake.oauth.expire_access_tokens()
+    (first,) = asyncio.run(run_reconcile(settings, engine, [Resource.PATIENT], transport=transport))
+    assert first.outcome == RunOutcome.SUCCESS  # refreshed, and the refresh token rotated
+    # The mirror's database goes back to the old refresh token.
+    store = functools.partial(
+        oauth.store_refreshed, sealer=Sealer(SECRET_KEY), tokens=old, refreshed=_grant(engine)
+    )
+    assert write_transaction(engine, store)
+    fake.oauth.expire_access_tokens()
+    (second,) = asyncio.run(
+        run_reconcile(settings, engine, [Resource.PATIENT], transport=transport)
+    )
+    assert second.outcome == RunOutcome.INCOMPLETE
+    assert second.error is not None
+    assert "invalid_grant" in second.error
+    assert "run healthdock-mirror oauth login" in second.error
+    assert fake.oauth.stats.reuse_detections == 1
+    assert _grant(engine).state is GrantState.REFUSED
+
+
+@pytest.mark.parametrize("answer", ["500", "nan lifetime", "no access token", "invalid_client"])
+def test_a_failed_refresh_is_not_retried_blindly_and_keeps_the_grant(
+    database_url: str, engine: Engine, answer: str
+) -> None:
+    """A refresh that may have reached HealthDock is not sent twice (it would look like a
+    stolen token); only invalid_grant marks the grant refused."""
+    fake = _fake()
+    app = create_app(fake)
+
+    async def token_endpoint(scope: Any, receive: Any, send: Any) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"] == "/oauth/token"
+            and fake.oauth.stats.codes_exchanged
+        ):
+            fake.oauth.stats.token_requests += 1
+            status, body = {
+                "500": (500, b"{}"),
+                "nan lifetime": (
+                    200, b'{"access_token": "hdat_x", "token_type": "Bearer", "expires_in": NaN}'
+                ),
+                "no access token": (200, b'{"token_type": "Bearer"}'),
+                "invalid_client": (401, b'{"error": "invalid_client"}'),
+            }[answer]  # fmt: skip
+            headers = [(b"content-type", b"application/json")]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await app(scope, receive, send)
+
+    transport = httpx.ASGITransport(app=token_endpoint)
+    settings = oauth_settings(database_url)
+    asyncio.run(authorize(settings, engine, transport))
+    fake.oauth.expire_access_tokens()
+    asked = fake.oauth.stats.token_requests
+    (result,) = asyncio.run(run_reconcile(settings, engine, BOTH[:1], transport=transport))
+    assert result.outcome == RunOutcome.INCOMPLETE
+    assert fake.oauth.stats.token_requests == asked + 1  # once, for the pass's one refresh
+    assert _grant(engine).state is GrantState.ACTIVE
+    assert result.error is not None
+    if answer == "invalid_client":
+        assert "HEALTHDOCK_OAUTH_CLIENT_ID" in result.error
+
+
+def test_a_refresh_cut_short_by_a_cancelled_request_still_stores_its_tokens(
+    database_url: str, engine: Engine
+) -> None:
+    fake = _fake()
+    app = create_app(fake)
+
+    async def slow_token_endpoint(scope: Any, receive: Any, send: Any) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"] == "/oauth/token"
+            and fake.oauth.stats.codes_exchanged
+        ):
+            await asyncio.sleep(0.3)
+        await app(scope, receive, send)
+
+    transport = httpx.ASGITransport(app=slow_token_endpoint)
+    settings = oauth_settings(database_url)
+    before = asyncio.run(authorize(settings, engine, transport))
+    fake.oauth.expire_access_tokens()
+
+    async def cancelled_mid_refresh() -> None:
+        endpoint = TokenEndpoint(ClientRegistration.from_settings(settings), transport=transport)
+        grant = OAuthGrant(engine, Sealer(SECRET_KEY), endpoint)
+        async with HealthDockClient(settings.api_url, grant, transport=transport) as client:
+            request = asyncio.create_task(client.page(Resource.PATIENT, 1))
+            await asyncio.sleep(0.1)  # the 401 came; the refresh is on its way
+            request.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await request
+            await asyncio.sleep(0.5)  # the refresh ends on its own
+
+    asyncio.run(cancelled_mid_refresh())
+    assert fake.oauth.stats.refreshes == 1
+    after = _stored_tokens(engine)
+    assert after.refresh_token != before.refresh_token  # the rotated token was not lost
+    (result,) = asyncio.run(run_reconcile(settings, engine, BOTH[:1], transport=transport))
+    assert result.outcome == RunOutcome.SUCCESS
+    assert fake.oauth.stats.reuse_detections == 0
