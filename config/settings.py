@@ -67,6 +67,19 @@ class Settings(BaseSettings):
     # The stored OAuth tokens are encrypted with a key derived from it (mirror/sealing.py).
     secret_key: SecretStr | None = None
 
+    # The change feed on NATS JetStream (publisher/): set, serve and worker publish it.
+    # Several servers comma-separated; credentials in the URL (nats://user:pass@host) are masked.
+    nats_url: str | None = None
+    nats_stream: str = Field(default="HEALTHDOCK_EVENTS", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    # Subjects are <prefix>.<resource>.<action> (and <prefix>.other): the stream takes <prefix>.>
+    nats_subject_prefix: str = Field(
+        default="healthdock.events", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$", max_length=128
+    )
+    # The stream keeps events this long (JetStream's max_age); consumers must read within it.
+    nats_max_age_days: float = Field(default=30.0, gt=0, le=3650)
+    # Events a publish batch carries; the cursor moves once a batch is acknowledged.
+    nats_batch: int = Field(default=256, ge=1, le=1000)
+
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
@@ -171,6 +184,21 @@ class Settings(BaseSettings):
             raise ValueError(f"its path must be {OAUTH_CALLBACK_PATH}, where the receiver takes it")
         return uri
 
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_servers(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        for server in value.split(","):
+            try:
+                parts = urlsplit(server.strip())
+                parts.port  # noqa: B018 (parsing the port is the check)
+            except ValueError:
+                raise ValueError("not a NATS URL; give nats://host:4222") from None
+            if parts.scheme not in ("nats", "tls") or not parts.hostname:
+                raise ValueError("not a NATS URL; give nats://host:4222 (or tls://)")
+        return value.strip()
+
     @field_validator("oauth_client_id", "oauth_scope", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
@@ -232,7 +260,13 @@ class Settings(BaseSettings):
                    self.oauth_client_secret, self.secret_key]  # fmt: skip
         values = [s.get_secret_value().strip() for s in secrets if s is not None]
         values.append(make_url(self.database_url).password or "")
+        for server in (self.nats_url or "").split(","):
+            values.append(urlsplit(server.strip()).password or "")
         return tuple(value for value in values if value)
+
+    @property
+    def nats_servers(self) -> list[str]:
+        return [server.strip() for server in (self.nats_url or "").split(",") if server.strip()]
 
     @property
     def log_options(self) -> LogOptions:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import signal
@@ -92,6 +93,10 @@ def serve(host: str | None, port: int | None, access_log: bool, scheduler: bool)
                 running_scheduler, settings, on_rate_budget=metrics.observe_rate_budget
             )
         )
+    if settings.nats_url is not None:
+        from publisher import running_publisher
+
+        services.append(functools.partial(running_publisher, settings))
     serve_receiver(
         create_app(settings, services=services, metrics=metrics), settings, access_log=access_log
     )
@@ -99,7 +104,8 @@ def serve(host: str | None, port: int | None, access_log: bool, scheduler: bool)
 
 @main.command()
 def worker() -> None:
-    """Run only the reconcile scheduler (no receiver) until interrupted."""
+    """Run only the reconcile scheduler (no receiver) until interrupted; with
+    HEALTHDOCK_NATS_URL, the change feed's publisher too."""
     settings = _settings()
     _configure_logging(settings)
     if not settings.reconciles:
@@ -109,17 +115,49 @@ def worker() -> None:
     _ensure_schema(settings)
 
     async def run(engine: Engine) -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
+        stop = _stop_on_signals()
         from sync import running_scheduler
 
-        async with running_scheduler(settings, engine):
+        async with contextlib.AsyncExitStack() as services:
+            await services.enter_async_context(running_scheduler(settings, engine))
+            if settings.nats_url is not None:
+                from publisher import running_publisher
+
+                await services.enter_async_context(running_publisher(settings, engine))
             await stop.wait()
 
     with _database(settings) as engine:
         asyncio.run(run(engine))
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+@main.command()
+def publish() -> None:
+    """Publish the change feed to NATS JetStream (HEALTHDOCK_NATS_URL) until interrupted: every
+    event once, in feed order. One publisher at a time runs; others wait to take over."""
+    from publisher import Publisher, StreamConflict
+
+    settings = _settings()
+    _configure_logging(settings)
+    if settings.nats_url is None:
+        raise click.ClickException("HEALTHDOCK_NATS_URL: needed to publish the change feed")
+    _ensure_schema(settings)
+
+    async def run(engine: Engine) -> None:
+        await Publisher(settings, engine).run(_stop_on_signals())
+
+    with _database(settings) as engine:
+        try:
+            asyncio.run(run(engine))
+        except StreamConflict as error:
+            raise click.ClickException(str(error)) from None
 
 
 _RESOURCES = {"patients": Resource.PATIENT, "appointments": Resource.APPOINTMENT}

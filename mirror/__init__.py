@@ -5,7 +5,7 @@ is its public surface (pinned by tests/mirror/test_exported_members.py); the mod
 are its own to rearrange.
 """
 
-from mirror import audit, leases, oauth, runs, sessions, sync_requests, tokens
+from mirror import audit, leases, oauth, publications, runs, sessions, sync_requests, tokens
 from mirror.database import (
     DatabaseUnavailable,
     create_mirror_engine,
@@ -49,7 +49,17 @@ from mirror.events import (
     record_write,
     unreadable_event,
 )
-from mirror.feed import DEFAULT_LIMIT, MAX_LIMIT, FeedError, FeedEvent, FeedPage, read_feed
+from mirror.feed import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    FeedBatch,
+    FeedError,
+    FeedEvent,
+    FeedPage,
+    is_after,
+    read_batch,
+    read_feed,
+)
 from mirror.ingest import Receipt, ingest
 from mirror.migrate import (
     SchemaNotCurrent,
@@ -120,6 +130,7 @@ __all__ = [
     "EventSource",
     "EventStatus",
     "EventSummary",
+    "FeedBatch",
     "FeedError",
     "FeedEvent",
     "FeedPage",
@@ -165,6 +176,7 @@ __all__ = [
     "gather_status",
     "head_revision",
     "ingest",
+    "is_after",
     "is_sqlite",
     "last_received",
     "leases",
@@ -174,6 +186,8 @@ __all__ = [
     "parse_instant",
     "prepare_for_writing",
     "prune_event_payloads",
+    "publications",
+    "read_batch",
     "read_event",
     "read_feed",
     "read_transaction",

@@ -23,8 +23,9 @@ the order that matters for that record.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -109,6 +110,78 @@ class FeedPage:
     has_more: bool  # more events can be read right away from next_cursor
 
 
+@dataclass(frozen=True, slots=True)
+class FeedBatch:
+    """Events in feed order, each with its own cursor: where a reader that stopped just after
+    it would start again (what a publisher writes into each message)."""
+
+    events: list[FeedEvent]
+    cursors: list[str]
+    next_cursor: str
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What a reader at some cursor has not read yet."""
+
+    events: int
+    oldest_received_at: datetime | None
+
+
+@contextlib.contextmanager
+def _snapshot(engine: Engine) -> Iterator[tuple[Connection, int | None]]:
+    """A read transaction and, on PostgreSQL, its horizon (see _HORIZON): one snapshot for
+    both. SQLite: a read transaction that does not take the write lock."""
+    postgres = engine.dialect.name == "postgresql"
+    options: dict[str, Any] = (
+        {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+        if postgres
+        else {"sqlite_begin": "DEFERRED"}
+    )
+    with (
+        unavailable_as_error(),
+        engine.connect().execution_options(**options) as connection,
+        connection.begin(),
+    ):
+        yield connection, connection.execute(_HORIZON).scalar_one() if postgres else None
+
+
+def read_batch(engine: Engine, cursor: str | None, *, limit: int = DEFAULT_LIMIT) -> FeedBatch:
+    """Up to ``limit`` events after ``cursor``, as :func:`read_feed` returns them, with the
+    cursor after each."""
+    if not 1 <= limit <= MAX_LIMIT:
+        raise FeedError(f"limit must be between 1 and {MAX_LIMIT}")
+    after = decode_cursor(cursor)
+    with _snapshot(engine) as (connection, horizon):
+        if after != _START and not _issued(connection, after):
+            raise FeedError("unknown cursor: pass a next_cursor this feed issued, or 0")
+        rows = _positions(connection, after, horizon, limit)
+        cursors = [encode_cursor(Position(row.txid or 0, row.seq)) for row in rows]
+        events = _events(connection, [row.seq for row in rows])
+    return FeedBatch(events, cursors, cursors[-1] if cursors else encode_cursor(after))
+
+
+def is_after(cursor: str, other: str) -> bool:
+    """Whether ``cursor`` stands later in the feed than ``other`` (both issued cursors)."""
+    return decode_cursor(cursor) > decode_cursor(other)
+
+
+def backlog(connection: Connection, cursor: str) -> Backlog:
+    """How many stored events stand after ``cursor``, and when the oldest of them arrived."""
+    after = decode_cursor(cursor)
+    columns = webhook_events.c
+    query = select(func.count(), func.min(columns.received_at))
+    if connection.dialect.name == "postgresql":
+        query = query.where(
+            tuple_(func.coalesce(columns.txid, 0), columns.seq)
+            > tuple_(literal(after.txid), literal(after.seq))
+        )
+    else:
+        query = query.where(columns.seq > after.seq)
+    count, oldest = connection.execute(query).one()
+    return Backlog(int(count), None if oldest is None else as_utc(oldest))
+
+
 def read_feed(
     engine: Engine,
     cursor: str | None = None,
@@ -121,22 +194,9 @@ def read_feed(
     if not 1 <= limit <= MAX_LIMIT:
         raise FeedError(f"limit must be between 1 and {MAX_LIMIT}")
     after = decode_cursor(cursor)
-    postgres = engine.dialect.name == "postgresql"
-    # PostgreSQL: one snapshot for the horizon and the rows (see _HORIZON). SQLite: a read
-    # transaction that does not take the write lock.
-    options: dict[str, Any] = (
-        {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
-        if postgres
-        else {"sqlite_begin": "DEFERRED"}
-    )
-    with (
-        unavailable_as_error(),
-        engine.connect().execution_options(**options) as connection,
-        connection.begin(),
-    ):
+    with _snapshot(engine) as (connection, horizon):
         if after != _START and not _issued(connection, after):
             raise FeedError("unknown cursor: pass a next_cursor this feed issued, or 0")
-        horizon = connection.execute(_HORIZON).scalar_one() if postgres else None
         scan = max(limit, scan_rows) if event_types else limit
         examined = _positions(connection, after, horizon, scan + 1)
         return _page(connection, after, examined, limit, scan, frozenset(event_types))

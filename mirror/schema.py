@@ -294,6 +294,17 @@ oauth_logins = Table(
     Column("issuer", Text, comment="the callback's iss (RFC 9207), if any"),
 )
 
+# Where each publisher of the change feed stands (the NATS JetStream publisher: one row a
+# stream). Its cursor moves only after the broker acknowledged every event before it.
+feed_publications = Table(
+    "feed_publications",
+    metadata,
+    Column("name", String(128), primary_key=True, comment="nats:<stream>"),
+    Column("cursor", Text, nullable=False, comment="a feed cursor: the last event published"),
+    Column("published", BigInteger, nullable=False, server_default="0", comment="events, total"),
+    Column("published_at", _Timestamp, comment="when the cursor last moved"),
+)
+
 MIRRORED_TABLES = {"patient": patients, "appointment": appointments}
 
 # Kept apart from the table's columns (the reconcile's to change): what a run may record.

@@ -21,7 +21,8 @@ ALLOWED = {
     "mirror": {"config"},
     "receiver": {"config", "mirror"},
     "sync": {"config", "mirror"},
-    "healthdock_mirror": {"config", "mirror", "receiver", "sync", "fake_healthdock"},
+    "publisher": {"config", "mirror"},
+    "healthdock_mirror": {"config", "mirror", "receiver", "sync", "publisher", "fake_healthdock"},
     "fake_healthdock": set(),
 }
 
