@@ -90,6 +90,10 @@ def status_document(status: MirrorStatus) -> dict[str, Any]:
             }
             for run in status.runs
         ],
+        "publishers": [
+            {"name": lag.name, "lag_events": lag.events, "lag_seconds": round(lag.seconds, 3)}
+            for lag in status.publishers
+        ],
     }
 
 
@@ -104,6 +108,8 @@ def render_tables(status: MirrorStatus, console: Console) -> None:
         if run.error:
             console.print(Text(f"run {run.id} ({run.resource}, {run.outcome}): {run.error}"))
     console.print(_lag_table(status))
+    if status.publishers:
+        console.print(_publishers_table(status))
 
 
 def _counts_table(status: MirrorStatus) -> Table:
@@ -182,8 +188,16 @@ def _lag_table(status: MirrorStatus) -> Table:
     return table
 
 
+def _publishers_table(status: MirrorStatus) -> Table:
+    table = _table("change feed publishers", "publisher", "events behind", "seconds behind")
+    for lag in status.publishers:
+        _row(table, lag.name, lag.events, f"{lag.seconds:.1f}")
+    return table
+
+
 _NUMERIC = frozenset({"live", "deleted", "total", "events", "passes", "created", "updated",
-                      "tombstoned", "429s", "run", "duration", "pages", "records"})  # fmt: skip
+                      "tombstoned", "429s", "run", "duration", "pages", "records",
+                      "events behind", "seconds behind"})  # fmt: skip
 
 
 def _table(title: str, *columns: str) -> Table:

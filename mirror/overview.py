@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
 
-from mirror import runs
+from mirror import publications, runs
 from mirror.database import read_transaction
 from mirror.eventlog import (
     UnsettledEvent,
@@ -55,6 +55,8 @@ class MirrorStatus:
     oldest_unapplied: UnsettledEvent | None  # its payload is never shown
     last_webhook_at: datetime | None
     runs: list[runs.RunSummary]  # the latest first
+    # Publishers of the change feed (NATS JetStream): how far behind the feed each is.
+    publishers: list[publications.PublicationLag]
 
     @property
     def seconds_since_last_webhook(self) -> float | None:
@@ -93,6 +95,7 @@ def _gather(connection: Connection, run_count: int, now: datetime) -> MirrorStat
         oldest_unapplied=oldest_unsettled(connection),
         last_webhook_at=last_received(connection, EventSource.WEBHOOK),
         runs=runs.latest_runs(connection, run_count),
+        publishers=publications.lag(connection, now),
     )
 
 

@@ -44,6 +44,7 @@ from mirror import (
     DatabaseUnavailable,
     RunOutcome,
     leases,
+    publications,
     read_transaction,
     runs,
     unsettled_counts,
@@ -195,7 +196,7 @@ class _DatabaseCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         try:
-            totals, unapplied, holders = read_transaction(self._engine, _read)
+            totals, unapplied, holders, lags = read_transaction(self._engine, _read)
         except (DatabaseUnavailable, SQLAlchemyError) as error:
             # Only the type: the message is the driver's and could carry a statement.
             log.warning("metrics: the database did not answer (%s); its metrics skipped",
@@ -226,15 +227,36 @@ class _DatabaseCollector(Collector):
         for lease, name in holders:
             holder.add_metric([lease], {"holder": name})
         yield holder
+        behind = GaugeMetricFamily(
+            "healthdock_publisher_lag_events",
+            "Change-feed events a publisher (NATS JetStream) has not published yet.",
+            labels=["publisher"],
+        )
+        waited = GaugeMetricFamily(
+            "healthdock_publisher_lag_seconds",
+            "How long the oldest event a publisher has not published yet has waited (0: none).",
+            labels=["publisher"],
+        )
+        for lag in lags:
+            behind.add_metric([lag.name], lag.events)
+            waited.add_metric([lag.name], lag.seconds)
+        yield behind
+        yield waited
 
 
 def _read(
     connection: Connection,
-) -> tuple[list[runs.RunTotals], dict[str, int], list[tuple[str, str]]]:
+) -> tuple[
+    list[runs.RunTotals],
+    dict[str, int],
+    list[tuple[str, str]],
+    list[publications.PublicationLag],
+]:
     return (
         runs.run_totals(connection),
         unsettled_counts(connection),
         leases.lease_holders(connection),
+        publications.lag(connection),
     )
 
 

@@ -72,8 +72,10 @@ async def _messages(url: str, stream: str) -> list[Any]:
             info = await js.stream_info(stream)
         except nats.js.errors.NotFoundError:
             return []
-        found = []
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        found: list[Any] = []
+        if info.state.messages == 0:
+            return found
+        for seq in range(max(1, info.state.first_seq), info.state.last_seq + 1):
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 found.append(await js.get_msg(stream, seq))
         return found
