@@ -19,7 +19,8 @@ from mirror.feed import START_CURSOR, backlog
 from mirror.leases import Fence
 from mirror.schema import feed_publications
 
-__all__ = ["Publication", "PublicationLag", "advance", "lag", "publication", "publications"]
+__all__ = ["Publication", "PublicationLag", "advance", "between", "lag", "publication",
+           "publications"]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,11 @@ def advance(connection: Connection, fence: Fence, name: str, cursor: str, publis
                 name=name, cursor=cursor, published=published, published_at=now
             )
         )
+
+
+def between(connection: Connection, earlier: str, later: str) -> int:
+    """How many stored events stand after ``earlier`` up to ``later`` (two feed cursors)."""
+    return backlog(connection, earlier).events - backlog(connection, later).events
 
 
 def lag(connection: Connection, now: datetime | None = None) -> list[PublicationLag]:

@@ -64,7 +64,8 @@ MSG_ID_HEADER = "Nats-Msg-Id"
 EXPECTED_LAST_HEADER = "Nats-Expected-Last-Sequence"
 LEASE_SECONDS = 30.0
 ACK_TIMEOUT_SECONDS = 10.0
-IDLE_POLL_SECONDS = 0.2
+IDLE_POLL_SECONDS = 0.2  # the longest wait between looks at an idle feed
+_IDLE_MIN_SECONDS = 0.005  # the first wait after the feed ran dry
 _RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 _encoder = msgspec.json.Encoder()
@@ -84,16 +85,16 @@ def message_body(event: FeedEvent) -> bytes:
     return _encoder.encode(event)
 
 
+class _Stopped(Exception):
+    """Told to stop before the publisher got going."""
+
+
 @dataclass(slots=True)
 class PublisherStats:
     published: int = 0  # acknowledged by JetStream, cursor moved
     batches: int = 0
     realigned: int = 0  # times the stream was found ahead of the cursor (a crash, a refusal)
     refused: int = 0  # messages JetStream refused (out of sequence after a loss)
-
-
-class _Realign(Exception):
-    """Some messages of a batch were not acknowledged: read the stream again."""
 
 
 class Publisher:
@@ -117,24 +118,29 @@ class Publisher:
         self._lease = f"publisher:{settings.nats_stream}"
         self._fence: leases.Fence | None = None
         self._renewed_at = 0.0
+        self._disconnects = 0  # seen by a batch waiting for its acknowledgements
+        self._quiet_until = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Wait for the lease, then publish; on any outage, wait and go on where JetStream
         and the cursor agree. Returns when ``stop`` is set."""
         failures = 0
         while not stop.is_set():
+            batches = self.stats.batches
             try:
                 if await self._hold_lease(stop):
                     async with self._connected(stop) as js:
-                        failures = 0
                         await self._publish(js, stop)
             except StreamConflict:
                 raise  # configuration: retrying cannot help
+            except _Stopped:
+                break
             except leases.LeaseLost as lost:
                 log.warning("publisher: %s; waiting to take it again", lost)
                 self._fence = None
             except (DatabaseUnavailable, NatsError, OSError, TimeoutError) as error:
-                failures += 1
+                # Longer waits while nothing goes through; from the start once something did.
+                failures = 1 if self.stats.batches > batches else failures + 1
                 log.warning("publisher: %s; trying again", type(error).__name__)
             await _sleep_or_stop(stop, _RETRY_SECONDS[min(failures, len(_RETRY_SECONDS) - 1)])
         await self._release()
@@ -184,21 +190,36 @@ class Publisher:
         closing = False
 
         async def disconnected() -> None:
+            self._disconnects += 1
             if not closing:
                 log.warning("publisher: disconnected from NATS; reconnecting")
 
         async def reconnected() -> None:
+            self._quiet_until = 0.0
             log.info("publisher: reconnected to NATS")
 
         async def error(problem: Exception) -> None:
-            log.warning("publisher: NATS: %s", type(problem).__name__)
+            # Every attempt while NATS is away fails: say so once, then once a minute.
+            if time.monotonic() >= self._quiet_until:
+                self._quiet_until = time.monotonic() + 60
+                log.warning("publisher: NATS: %s (trying again)", type(problem).__name__)
 
-        client = await self._connect(
+        connecting = asyncio.ensure_future(self._connect(
             servers=self.settings.nats_servers, name="healthdock-mirror publisher",
             connect_timeout=2, allow_reconnect=True, max_reconnect_attempts=-1,
             reconnect_time_wait=0.5, disconnected_cb=disconnected, reconnected_cb=reconnected,
             error_cb=error,
-        )  # fmt: skip
+        ))  # fmt: skip
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not connecting.done():
+            # Stopped while NATS was still away: the connection attempts end with us.
+            await _discard(connecting)
+            raise _Stopped
+        client = connecting.result()
         try:
             js = client.jetstream(publish_async_max_pending=2 * self.settings.nats_batch)
             await ensure_stream(
@@ -214,24 +235,58 @@ class Publisher:
     # --- publishing ------------------------------------------------------------------------
 
     async def _publish(self, js: JetStreamContext, stop: asyncio.Event) -> None:
+        """Publish batch after batch. While a batch's acknowledgements are on their way, the
+        next batch is read and the previous one's cursor committed: the broker, the database
+        and this loop work at once, and the cursor still moves only over what was acked."""
         cursor, last_seq = await self._align(js)
-        while not stop.is_set():
-            await self._renew()
-            batch = await asyncio.to_thread(
-                read_batch, self.engine, cursor, limit=self.settings.nats_batch
-            )
-            if not batch.events:
-                await _sleep_or_stop(stop, IDLE_POLL_SECONDS)
-                continue
-            try:
-                cursor, last_seq = await self._send(js, batch, cursor, last_seq)
-            except _Realign:
-                cursor, last_seq = await self._align(js)
+        idle = _IDLE_MIN_SECONDS
+        committing: asyncio.Task[None] | None = None
+        reading = self._read(cursor)
+        try:
+            while not stop.is_set():
+                await self._renew()
+                batch = await reading
+                if not batch.events:
+                    # Nothing new: look again soon, then less and less often while idle.
+                    await _sleep_or_stop(stop, idle)
+                    idle = min(idle * 2, IDLE_POLL_SECONDS)
+                    reading = self._read(cursor)
+                    continue
+                idle = _IDLE_MIN_SECONDS
+                acks = await self._send(js, batch, last_seq)
+                reading = self._read(batch.next_cursor)  # optimistic: the batch will be acked
+                acknowledged, last_seq = await self._acknowledged(acks, last_seq)
+                if committing is not None:
+                    await committing  # cursors move in order
+                    committing = None
+                if acknowledged:
+                    cursor = batch.cursors[acknowledged - 1]
+                    committing = asyncio.create_task(self._commit(cursor, acknowledged))
+                if acknowledged < len(acks):
+                    log.warning("publisher: %d of %d events not acknowledged; reading the "
+                                "stream again", len(acks) - acknowledged, len(acks))  # fmt: skip
+                    if committing is not None:
+                        await committing
+                        committing = None
+                    await _discard(reading)
+                    cursor, last_seq = await self._align(js)
+                    reading = self._read(cursor)
+                    continue
+                self.stats.batches += 1
+        finally:
+            await _discard(reading)
+            if committing is not None:
+                await committing
+
+    def _read(self, cursor: str) -> asyncio.Task[FeedBatch]:
+        return asyncio.create_task(
+            asyncio.to_thread(read_batch, self.engine, cursor, limit=self.settings.nats_batch)
+        )
 
     async def _send(
-        self, js: JetStreamContext, batch: FeedBatch, cursor: str, last_seq: int
-    ) -> tuple[str, int]:
-        """Publish ``batch`` after stream sequence ``last_seq``; commit what was acknowledged."""
+        self, js: JetStreamContext, batch: FeedBatch, last_seq: int
+    ) -> list[asyncio.Future[Any]]:
+        """Publish ``batch`` after stream sequence ``last_seq``; the acknowledgements to come."""
         prefix = self.settings.nats_subject_prefix
         pending: list[asyncio.Future[Any]] = []
         for index, (event, after) in enumerate(zip(batch.events, batch.cursors, strict=True)):
@@ -245,9 +300,24 @@ class Publisher:
                     subject_for(prefix, event.event_type), message_body(event), headers=headers
                 )
             )
-        done, waiting = await asyncio.wait(pending, timeout=ACK_TIMEOUT_SECONDS)
+        return pending
+
+    async def _acknowledged(
+        self, pending: list[asyncio.Future[Any]], last_seq: int
+    ) -> tuple[int, int]:
+        """How many of the batch, from its start, JetStream stored; and the stream's last
+        sequence after them."""
+        # Acknowledgements lost with a connection never come: stop waiting for them soon after
+        # a disconnect rather than at the timeout.
+        disconnects, deadline = self._disconnects, time.monotonic() + ACK_TIMEOUT_SECONDS
+        waiting: set[asyncio.Future[Any]] = set(pending)
+        while waiting and time.monotonic() < deadline and self._disconnects == disconnects:
+            _, waiting = await asyncio.wait(waiting, timeout=0.25)
+        if waiting and self._disconnects != disconnects:
+            _, waiting = await asyncio.wait(waiting, timeout=0.5)  # what came just before it
         for future in waiting:
             future.cancel()
+        done = {future for future in pending if future.done() and not future.cancelled()}
         acknowledged = 0
         for future in pending:
             if future not in done or future.cancelled() or future.exception() is not None:
@@ -257,17 +327,10 @@ class Publisher:
                 break  # already in the stream: the rest must be placed after it again
             acknowledged += 1
             last_seq = ack.seq
-        refused = sum(1 for f in done if not f.cancelled() and f.exception() is not None)
-        self.stats.refused += refused
-        if acknowledged:
-            cursor = batch.cursors[acknowledged - 1]
-            await self._commit(cursor, acknowledged)
-        if acknowledged < len(pending):
-            log.warning("publisher: %d of %d events not acknowledged; reading the stream again",
-                        len(pending) - acknowledged, len(pending))  # fmt: skip
-            raise _Realign
-        self.stats.batches += 1
-        return cursor, last_seq
+        self.stats.refused += sum(
+            1 for f in done if not f.cancelled() and f.exception() is not None
+        )
+        return acknowledged, last_seq
 
     async def _commit(self, cursor: str, published: int) -> None:
         assert self._fence is not None
@@ -299,9 +362,20 @@ class Publisher:
             self.stats.realigned += 1
             log.warning("publisher: the stream is ahead of the stored cursor: moving the cursor "
                         "to the stream's last event (nothing is published twice)")  # fmt: skip
-            await self._commit(ahead, 0)
+            published = await asyncio.to_thread(
+                read_transaction, self.engine,
+                functools.partial(publications.between, earlier=stored.cursor, later=ahead),
+            )  # fmt: skip
+            await self._commit(ahead, published)
             return ahead, last_seq
         return stored.cursor, last_seq
+
+
+async def _discard(task: asyncio.Task[Any]) -> None:
+    """A read no longer wanted: let it end, whatever it found."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
