@@ -261,7 +261,9 @@ class Settings(BaseSettings):
         values = [s.get_secret_value().strip() for s in secrets if s is not None]
         values.append(make_url(self.database_url).password or "")
         for server in (self.nats_url or "").split(","):
-            values.append(urlsplit(server.strip()).password or "")
+            parts = urlsplit(server.strip())
+            # nats://TOKEN@host is token authentication: the user part is a secret too.
+            values.extend((parts.password or "", parts.username or ""))
         return tuple(value for value in values if value)
 
     @property
@@ -281,7 +283,18 @@ class Settings(BaseSettings):
     def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
         # Secrets are SecretStr and print masked; the database URL is a plain string.
         for name, value in super().__repr_args__():
-            yield name, self.database_url_shown if name == "database_url" else value
+            if name == "database_url":
+                value = self.database_url_shown
+            elif name == "nats_url" and value is not None:
+                value = ",".join(_without_credentials(server) for server in self.nats_servers)
+            yield name, value
+
+
+def _without_credentials(server: str) -> str:
+    parts = urlsplit(server)
+    if parts.username is None and parts.password is None:
+        return server
+    return parts._replace(netloc=f"***@{parts.netloc.rpartition('@')[2]}").geturl()
 
 
 def _https_or_loopback(value: str, *, what: str) -> str:

@@ -31,8 +31,9 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import Engine, Row, func, literal, select, text, tuple_
+from sqlalchemy import Engine, Row, func, literal, not_, select, text, tuple_
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.expression import ColumnElement
 
 from config import MirrorError
 from mirror.database import as_utc, unavailable_as_error
@@ -161,6 +162,25 @@ def read_batch(engine: Engine, cursor: str | None, *, limit: int = DEFAULT_LIMIT
     return FeedBatch(events, cursors, cursors[-1] if cursors else encode_cursor(after))
 
 
+def is_issued(connection: Connection, cursor: str) -> bool:
+    """Whether ``cursor`` is one this feed issued (the start, or an event's position here)."""
+    try:
+        position = decode_cursor(cursor)
+    except FeedError:
+        return False
+    return position == _START or _issued(connection, position)
+
+
+def cursor_after(engine: Engine, cursor: str, events: int) -> str:
+    """The cursor ``events`` events after ``cursor`` (or the feed's end, if fewer follow)."""
+    while events > 0:
+        batch = read_batch(engine, cursor, limit=min(events, MAX_LIMIT))
+        if not batch.events:
+            break
+        cursor, events = batch.next_cursor, events - len(batch.events)
+    return cursor
+
+
 def is_after(cursor: str, other: str) -> bool:
     """Whether ``cursor`` stands later in the feed than ``other`` (both issued cursors)."""
     return decode_cursor(cursor) > decode_cursor(other)
@@ -168,18 +188,29 @@ def is_after(cursor: str, other: str) -> bool:
 
 def backlog(connection: Connection, cursor: str) -> Backlog:
     """How many stored events stand after ``cursor``, and when the oldest of them arrived."""
-    after = decode_cursor(cursor)
-    columns = webhook_events.c
-    query = select(func.count(), func.min(columns.received_at))
-    if connection.dialect.name == "postgresql":
-        query = query.where(
-            tuple_(func.coalesce(columns.txid, 0), columns.seq)
-            > tuple_(literal(after.txid), literal(after.seq))
-        )
-    else:
-        query = query.where(columns.seq > after.seq)
+    query = select(func.count(), func.min(webhook_events.c.received_at)).where(
+        _beyond(connection, decode_cursor(cursor))
+    )
     count, oldest = connection.execute(query).one()
     return Backlog(int(count), None if oldest is None else as_utc(oldest))
+
+
+def count_between(connection: Connection, earlier: str, later: str) -> int:
+    """How many stored events stand after ``earlier`` up to ``later`` (two feed cursors)."""
+    last = decode_cursor(later)
+    query = select(func.count()).where(
+        _beyond(connection, decode_cursor(earlier)), not_(_beyond(connection, last))
+    )
+    return int(connection.execute(query).scalar_one())
+
+
+def _beyond(connection: Connection, after: Position) -> ColumnElement[bool]:
+    """Events after ``after`` in feed order (as the (txid, seq) index serves it)."""
+    columns = webhook_events.c
+    if connection.dialect.name == "postgresql":
+        # Every row has a txid (its default; older rows were given 0 by the migration).
+        return tuple_(columns.txid, columns.seq) > tuple_(literal(after.txid), literal(after.seq))
+    return columns.seq > after.seq
 
 
 def read_feed(

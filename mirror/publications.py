@@ -2,8 +2,9 @@
 stands, and how far behind the feed it is.
 
 A publisher's cursor is a feed cursor (``mirror.feed``): every event up to it reached the
-broker. It moves only under the publisher's lease (every write checks the lease's fence), so a
-publisher that lost its lease while frozen never moves it back or forth.
+broker, the last of them at the broker's ``stream_seq``. It moves only under the publisher's
+lease (every write checks the lease's fence), so a publisher that lost its lease while frozen
+never moves it back or forth.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
 from mirror.database import as_utc
-from mirror.feed import START_CURSOR, backlog
+from mirror.feed import START_CURSOR, backlog, count_between
 from mirror.leases import Fence
 from mirror.schema import feed_publications
 
 __all__ = ["Publication", "PublicationLag", "advance", "between", "lag", "publication",
-           "publications"]  # fmt: skip
+           "publications", "register"]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,7 @@ class Publication:
     cursor: str
     published: int
     published_at: datetime | None
+    stream_seq: int  # the broker's sequence of the last event published (0: none yet)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +47,9 @@ def _publication(row: object) -> Publication:
     m = row._mapping  # type: ignore[attr-defined]
     at = m["published_at"]
     return Publication(
-        m["name"], m["cursor"], int(m["published"]), None if at is None else as_utc(at)
-    )
+        m["name"], m["cursor"], int(m["published"]), None if at is None else as_utc(at),
+        int(m["stream_seq"]),
+    )  # fmt: skip
 
 
 def publication(connection: Connection, name: str) -> Publication:
@@ -54,7 +57,7 @@ def publication(connection: Connection, name: str) -> Publication:
     row = connection.execute(
         select(feed_publications).where(feed_publications.c.name == name)
     ).first()
-    return Publication(name, START_CURSOR, 0, None) if row is None else _publication(row)
+    return Publication(name, START_CURSOR, 0, None, 0) if row is None else _publication(row)
 
 
 def publications(connection: Connection) -> list[Publication]:
@@ -62,31 +65,39 @@ def publications(connection: Connection) -> list[Publication]:
     return [_publication(row) for row in rows]
 
 
-def advance(connection: Connection, fence: Fence, name: str, cursor: str, published: int) -> None:
-    """Move ``name`` to ``cursor``, ``published`` more events; raises LeaseLost (nothing
-    written) unless ``fence`` still holds the publisher's lease."""
+def register(connection: Connection, name: str) -> None:
+    """A publisher that starts: its lag shows from now on, before it published anything."""
+    known = select(feed_publications.c.name).where(feed_publications.c.name == name)
+    if connection.execute(known).first() is None:
+        connection.execute(insert(feed_publications).values(name=name, cursor=START_CURSOR))
+
+
+def advance(
+    connection: Connection,
+    fence: Fence,
+    name: str,
+    cursor: str,
+    published: int,
+    stream_seq: int,
+) -> None:
+    """Move ``name`` to ``cursor`` (the broker's ``stream_seq``), ``published`` more events;
+    raises LeaseLost (nothing written) unless ``fence`` still holds the publisher's lease."""
     fence.check(connection)
-    now = datetime.now(UTC)
+    values = {"cursor": cursor, "published_at": datetime.now(UTC), "stream_seq": stream_seq}
     moved = connection.execute(
         update(feed_publications)
         .where(feed_publications.c.name == name)
-        .values(
-            cursor=cursor,
-            published=feed_publications.c.published + published,
-            published_at=now,
-        )
+        .values(published=feed_publications.c.published + published, **values)
     )
     if moved.rowcount == 0:
         connection.execute(
-            insert(feed_publications).values(
-                name=name, cursor=cursor, published=published, published_at=now
-            )
+            insert(feed_publications).values(name=name, published=published, **values)
         )
 
 
 def between(connection: Connection, earlier: str, later: str) -> int:
     """How many stored events stand after ``earlier`` up to ``later`` (two feed cursors)."""
-    return backlog(connection, earlier).events - backlog(connection, later).events
+    return count_between(connection, earlier, later)
 
 
 def lag(connection: Connection, now: datetime | None = None) -> list[PublicationLag]:

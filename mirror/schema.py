@@ -303,6 +303,13 @@ feed_publications = Table(
     Column("cursor", Text, nullable=False, comment="a feed cursor: the last event published"),
     Column("published", BigInteger, nullable=False, server_default="0", comment="events, total"),
     Column("published_at", _Timestamp, comment="when the cursor last moved"),
+    Column(
+        "stream_seq",
+        BigInteger,
+        nullable=False,
+        server_default="0",
+        comment="the broker's sequence of the last event published",
+    ),
 )
 
 MIRRORED_TABLES = {"patient": patients, "appointment": appointments}

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -48,7 +49,9 @@ from mirror import (
     DatabaseUnavailable,
     FeedBatch,
     FeedEvent,
+    cursor_after,
     is_after,
+    is_issued,
     leases,
     publications,
     read_batch,
@@ -65,6 +68,8 @@ EXPECTED_LAST_HEADER = "Nats-Expected-Last-Sequence"
 LEASE_SECONDS = 30.0
 ACK_TIMEOUT_SECONDS = 10.0
 IDLE_POLL_SECONDS = 0.2  # the longest wait between looks at an idle feed
+_HEADER_ROOM = 1024  # what the headers and the protocol take of a message's max_payload
+_LOOK_BACK = 64  # messages read back from the stream's end for the newest cursor
 _IDLE_MIN_SECONDS = 0.005  # the first wait after the feed ran dry
 _RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 
@@ -120,10 +125,17 @@ class Publisher:
         self._renewed_at = 0.0
         self._disconnects = 0  # seen by a batch waiting for its acknowledgements
         self._quiet_until = 0.0
+        self._max_payload = 1024 * 1024  # the server's, once connected
 
     async def run(self, stop: asyncio.Event) -> None:
         """Wait for the lease, then publish; on any outage, wait and go on where JetStream
         and the cursor agree. Returns when ``stop`` is set."""
+        try:
+            await self._publish_until(stop)
+        finally:
+            await self._release()
+
+    async def _publish_until(self, stop: asyncio.Event) -> None:
         failures = 0
         while not stop.is_set():
             batches = self.stats.batches
@@ -143,7 +155,6 @@ class Publisher:
                 failures = 1 if self.stats.batches > batches else failures + 1
                 log.warning("publisher: %s; trying again", type(error).__name__)
             await _sleep_or_stop(stop, _RETRY_SECONDS[min(failures, len(_RETRY_SECONDS) - 1)])
-        await self._release()
 
     # --- the lease -------------------------------------------------------------------------
 
@@ -162,6 +173,8 @@ class Publisher:
             return False
         log.info("publisher: took the %s lease", self._lease)
         self._fence, self._renewed_at = fence, time.monotonic()
+        register = functools.partial(publications.register, name=self.name)
+        await asyncio.to_thread(write_transaction, self.engine, register)
         return True
 
     async def _renew(self) -> None:
@@ -213,6 +226,9 @@ class Publisher:
         stopping = asyncio.ensure_future(stop.wait())
         try:
             await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            await _discard(connecting)  # cancelled from outside: the attempts end with us
+            raise
         finally:
             stopping.cancel()
         if not connecting.done():
@@ -220,6 +236,7 @@ class Publisher:
             await _discard(connecting)
             raise _Stopped
         client = connecting.result()
+        self._max_payload = client.max_payload
         try:
             js = client.jetstream(publish_async_max_pending=2 * self.settings.nats_batch)
             await ensure_stream(
@@ -246,6 +263,9 @@ class Publisher:
             while not stop.is_set():
                 await self._renew()
                 batch = await reading
+                if committing is not None and committing.done():
+                    await committing  # a commit that failed says so now, not at the next batch
+                    committing = None
                 if not batch.events:
                     # Nothing new: look again soon, then less and less often while idle.
                     await _sleep_or_stop(stop, idle)
@@ -253,15 +273,16 @@ class Publisher:
                     reading = self._read(cursor)
                     continue
                 idle = _IDLE_MIN_SECONDS
+                disconnects = self._disconnects
                 acks = await self._send(js, batch, last_seq)
                 reading = self._read(batch.next_cursor)  # optimistic: the batch will be acked
-                acknowledged, last_seq = await self._acknowledged(acks, last_seq)
+                acknowledged, last_seq = await self._acknowledged(acks, last_seq, disconnects)
                 if committing is not None:
                     await committing  # cursors move in order
                     committing = None
                 if acknowledged:
                     cursor = batch.cursors[acknowledged - 1]
-                    committing = asyncio.create_task(self._commit(cursor, acknowledged))
+                    committing = asyncio.create_task(self._commit(cursor, acknowledged, last_seq))
                 if acknowledged < len(acks):
                     log.warning("publisher: %d of %d events not acknowledged; reading the "
                                 "stream again", len(acks) - acknowledged, len(acks))  # fmt: skip
@@ -289,27 +310,35 @@ class Publisher:
         """Publish ``batch`` after stream sequence ``last_seq``; the acknowledgements to come."""
         prefix = self.settings.nats_subject_prefix
         pending: list[asyncio.Future[Any]] = []
-        for index, (event, after) in enumerate(zip(batch.events, batch.cursors, strict=True)):
-            headers = {
-                MSG_ID_HEADER: message_id(event),
-                CURSOR_HEADER: after,
-                EXPECTED_LAST_HEADER: str(last_seq + index),
-            }
-            pending.append(
-                await js.publish_async(
-                    subject_for(prefix, event.event_type), message_body(event), headers=headers
-                )
-            )
+        try:
+            for index, (event, after) in enumerate(zip(batch.events, batch.cursors, strict=True)):
+                headers = {
+                    MSG_ID_HEADER: message_id(event),
+                    CURSOR_HEADER: after,
+                    EXPECTED_LAST_HEADER: str(last_seq + index),
+                }
+                body = message_body(event)
+                if len(body) > self._max_payload - _HEADER_ROOM:
+                    # Larger than NATS takes: the item without its payload (GET /events has it).
+                    log.warning("publisher: event seq %d is larger than NATS's max_payload: "
+                                "published without its payload", event.seq)  # fmt: skip
+                    body = message_body(dataclasses.replace(event, payload=None))
+                subject = subject_for(prefix, event.event_type)
+                pending.append(await js.publish_async(subject, body, headers=headers))
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
         return pending
 
     async def _acknowledged(
-        self, pending: list[asyncio.Future[Any]], last_seq: int
+        self, pending: list[asyncio.Future[Any]], last_seq: int, disconnects: int
     ) -> tuple[int, int]:
-        """How many of the batch, from its start, JetStream stored; and the stream's last
-        sequence after them."""
+        """How many of the batch, from its start, are in the stream; and the stream's last
+        sequence after them. ``disconnects``: the count when the batch began to go out."""
         # Acknowledgements lost with a connection never come: stop waiting for them soon after
         # a disconnect rather than at the timeout.
-        disconnects, deadline = self._disconnects, time.monotonic() + ACK_TIMEOUT_SECONDS
+        deadline = time.monotonic() + ACK_TIMEOUT_SECONDS
         waiting: set[asyncio.Future[Any]] = set(pending)
         while waiting and time.monotonic() < deadline and self._disconnects == disconnects:
             _, waiting = await asyncio.wait(waiting, timeout=0.25)
@@ -323,52 +352,94 @@ class Publisher:
             if future not in done or future.cancelled() or future.exception() is not None:
                 break
             ack = future.result()
-            if ack.duplicate:
-                break  # already in the stream: the rest must be placed after it again
             acknowledged += 1
+            if ack.duplicate:
+                # In the stream already (JetStream checks the id before the sequence): its
+                # event counts as published; the rest of the batch, sent to follow a sequence
+                # that did not grow, is refused and goes again after a realignment.
+                continue
             last_seq = ack.seq
         self.stats.refused += sum(
             1 for f in done if not f.cancelled() and f.exception() is not None
         )
         return acknowledged, last_seq
 
-    async def _commit(self, cursor: str, published: int) -> None:
+    async def _commit(self, cursor: str, published: int, stream_seq: int) -> None:
         assert self._fence is not None
         advance = functools.partial(
             publications.advance, fence=self._fence, name=self.name, cursor=cursor,
-            published=published,
+            published=published, stream_seq=stream_seq,
         )  # fmt: skip
         await asyncio.to_thread(write_transaction, self.engine, advance)
         self.stats.published += published
 
     async def _align(self, js: JetStreamContext) -> tuple[str, int]:
-        """Where to go on: the stored cursor, or the stream's last event if it is ahead (its
-        acknowledgement came, but the cursor's commit did not); and the stream's last
-        sequence, which the next message must follow."""
+        """Where to go on, and the stream's last sequence, which the next message must follow.
+
+        The stream's newest message that carries a feed cursor says what it holds: if that is
+        ahead of the stored cursor (its acknowledgement came, the cursor's commit did not), the
+        cursor moves up to it. If every message is gone (expired by age, purged), the stored
+        broker sequence says how many events went out after the cursor: those are skipped.
+        A cursor this database never issued means the stream is another mirror's: refused."""
+        stream = self.settings.nats_stream
         stored = await asyncio.to_thread(
             read_transaction, self.engine,
             functools.partial(publications.publication, name=self.name),
         )  # fmt: skip
-        info = await js.stream_info(self.settings.nats_stream)
-        last_seq = info.state.last_seq
+        state = (await js.stream_info(stream)).state
+        last_seq = state.last_seq
         if last_seq == 0:
             return stored.cursor, 0
+        found = await _newest_cursor(js, stream, last_seq, max(1, state.first_seq or 1))
+        if found is None:
+            if last_seq <= stored.stream_seq:
+                return stored.cursor, last_seq
+            # Messages after the stored one are gone unread: they were this publisher's (only
+            # it writes here, each right after the one before), so their events were sent.
+            ahead = await asyncio.to_thread(
+                cursor_after, self.engine, stored.cursor, last_seq - stored.stream_seq
+            )
+            seq = last_seq
+        else:
+            seq, ahead = found
+            known = functools.partial(is_issued, cursor=ahead)
+            if not await asyncio.to_thread(read_transaction, self.engine, known):
+                raise StreamConflict(
+                    f"the JetStream stream {stream} holds events this database never stored "
+                    "(another mirror's, or the database was replaced): give this mirror a "
+                    "stream of its own (HEALTHDOCK_NATS_STREAM, HEALTHDOCK_NATS_SUBJECT_PREFIX)"
+                )
+        if not is_after(ahead, stored.cursor):
+            if is_after(stored.cursor, ahead):
+                log.warning(
+                    "publisher: the stream holds fewer events than the cursor says were "
+                    "published (NATS lost stored messages?); going on from the cursor"
+                )
+            return stored.cursor, last_seq
+        self.stats.realigned += 1
+        log.warning("publisher: the stream is ahead of the stored cursor: moving the cursor to "
+                    "the stream's last event (nothing is published twice)")  # fmt: skip
+        published = await asyncio.to_thread(
+            read_transaction, self.engine,
+            functools.partial(publications.between, earlier=stored.cursor, later=ahead),
+        )  # fmt: skip
+        await self._commit(ahead, published, seq)
+        return ahead, last_seq
+
+
+async def _newest_cursor(
+    js: JetStreamContext, stream: str, last_seq: int, first_seq: int
+) -> tuple[int, str] | None:
+    """The newest of the stream's last messages that carries a feed cursor, if any."""
+    for seq in range(last_seq, max(first_seq, last_seq - _LOOK_BACK) - 1, -1):
         try:
-            message = await js.get_msg(self.settings.nats_stream, last_seq)
+            message = await js.get_msg(stream, seq)
         except NotFoundError:
-            return stored.cursor, last_seq  # expired or removed: the cursor is all we know
-        ahead = (message.headers or {}).get(CURSOR_HEADER)
-        if ahead is not None and is_after(ahead, stored.cursor):
-            self.stats.realigned += 1
-            log.warning("publisher: the stream is ahead of the stored cursor: moving the cursor "
-                        "to the stream's last event (nothing is published twice)")  # fmt: skip
-            published = await asyncio.to_thread(
-                read_transaction, self.engine,
-                functools.partial(publications.between, earlier=stored.cursor, later=ahead),
-            )  # fmt: skip
-            await self._commit(ahead, published)
-            return ahead, last_seq
-        return stored.cursor, last_seq
+            continue
+        cursor = (message.headers or {}).get(CURSOR_HEADER)
+        if cursor is not None:
+            return seq, cursor
+    return None
 
 
 async def _discard(task: asyncio.Task[Any]) -> None:
@@ -399,5 +470,5 @@ async def running_publisher(settings: Settings, engine: Engine) -> AsyncIterator
         yield
     finally:
         stop.set()
-        with contextlib.suppress(asyncio.CancelledError, StreamConflict):
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError, StreamConflict):
             await asyncio.wait_for(task, timeout=ACK_TIMEOUT_SECONDS + 5)

@@ -55,7 +55,8 @@ async def ensure_stream(
             retention=RetentionPolicy.LIMITS,
             discard=DiscardPolicy.OLD,
             max_age=max_age_days * 86_400,
-            duplicate_window=DUPLICATE_WINDOW_SECONDS,
+            # The server refuses a window longer than the stream keeps its messages.
+            duplicate_window=min(DUPLICATE_WINDOW_SECONDS, max_age_days * 86_400),
         )
         try:
             info = await js.add_stream(config)

@@ -29,6 +29,8 @@ def upgrade() -> None:
                   comment="events, total"),
         sa.Column("published_at", sa.DateTime(timezone=True),
                   comment="when the cursor last moved"),
+        sa.Column("stream_seq", sa.BigInteger(), server_default="0", nullable=False,
+                  comment="the broker's sequence of the last event published"),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_feed_publications")),
     )  # fmt: skip
 

@@ -18,18 +18,20 @@ from sqlalchemy import Engine, text
 
 from config import SettingsError, load_settings
 from healthdock_mirror.cli import main
-from mirror import gather_status, ingest, read_feed
+from mirror import gather_status, ingest, read_batch, read_feed
 from publisher import (
     CURSOR_HEADER,
     Publisher,
     StreamConflict,
     ensure_stream,
+    message_body,
+    message_id,
     publication_name,
     subject_for,
 )
 from tests.factories import appointment, encode, event, patient, signed
 from tests.publisher.conftest import Feed
-from tests.support.services import serve
+from tests.support.services import free_port, serve
 from tests.support.stored_events import incoming
 
 
@@ -195,3 +197,78 @@ def test_bad_nats_settings_are_named(
 def test_nats_credentials_are_masked() -> None:
     settings = load_settings(nats_url="nats://mirror:s3cret-nats-pass@127.0.0.1:4222")
     assert "s3cret-nats-pass" in settings.secret_values
+
+
+def _publish_by_hand(feed: Feed, engine: Engine, picks: list[tuple[int, bool]]) -> None:
+    """Publish events of the log (by index in feed order) as the publisher would, with or
+    without their cursor header, bypassing it: what a crashed or foreign publisher left."""
+    batch = read_batch(engine, None, limit=1000)
+
+    async def send() -> None:
+        client = await nats.connect(feed.url)
+        try:
+            js = client.jetstream()
+            await ensure_stream(js, feed.stream, feed.prefix, max_age_days=1)
+            for index, with_cursor in picks:
+                item = batch.events[index]
+                headers = {"Nats-Msg-Id": message_id(item)}
+                if with_cursor:
+                    headers[CURSOR_HEADER] = batch.cursors[index]
+                await js.publish(subject_for(feed.prefix, item.event_type), message_body(item),
+                                 headers=headers)  # fmt: skip
+        finally:
+            await client.close()
+
+    asyncio.run(send())
+
+
+def test_events_already_in_the_stream_are_published_once_without_a_livelock(
+    feed: Feed, engine: Engine
+) -> None:
+    """Duplicates at the batch's start (JetStream checks the id before the sequence) count as
+    published: the publisher goes on instead of realigning onto them again and again."""
+    _add(engine, 30)
+    _publish_by_hand(feed, engine, [(1, False), (2, False), (0, True)])
+    publisher = publish_until(feed, engine, 29, nats_batch=8)
+    ids = [int(m.headers["Nats-Msg-Id"]) for m in feed.messages()]
+    assert sorted(ids) == _feed_order(engine)  # every event once
+    assert len(ids) == 30
+    assert publisher.stats.realigned >= 1
+    assert publisher.stats.batches < 20  # no loop on the duplicates
+
+
+def test_messages_gone_from_the_stream_are_not_sent_again(feed: Feed, engine: Engine) -> None:
+    """Acknowledged but never committed (a crash), then expired by age before the publisher
+    came back: the stored broker sequence says they went out; they are not republished."""
+    _add(engine, 10)
+    publish_until(feed, engine, 10, nats_max_age_days=3 / 86_400)
+    _add(engine, 6)
+    _publish_by_hand(feed, engine, [(index, True) for index in range(10, 16)])
+    deadline = time.monotonic() + 20
+    while feed.messages():  # the stream keeps them 3 s
+        assert time.monotonic() < deadline, "the messages did not expire"
+        time.sleep(0.5)
+    _add(engine, 4)
+    publish_until(feed, engine, 4, nats_max_age_days=3 / 86_400)
+    ids = [int(m.headers["Nats-Msg-Id"]) for m in feed.messages()]
+    assert ids == _feed_order(engine)[16:]  # only the four new ones
+
+
+def test_a_publisher_shows_its_lag_before_it_published_anything(
+    database_url: str, engine: Engine
+) -> None:
+    _add(engine, 9)
+    settings = Feed(f"nats://127.0.0.1:{free_port()}", "TEST_DOWN", "testdown.events").settings(
+        database_url
+    )
+
+    async def briefly() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(Publisher(settings, engine).run(stop))
+        await asyncio.sleep(1.0)  # NATS never answers
+        stop.set()
+        await asyncio.wait_for(task, timeout=5)
+
+    asyncio.run(briefly())
+    (lag,) = gather_status(engine).publishers
+    assert (lag.name, lag.events) == (publication_name(settings), 9)
