@@ -197,6 +197,12 @@ def test_bad_nats_settings_are_named(
 def test_nats_credentials_are_masked() -> None:
     settings = load_settings(nats_url="nats://mirror:s3cret-nats-pass@127.0.0.1:4222")
     assert "s3cret-nats-pass" in settings.secret_values
+    tokened = load_settings(nats_url="nats://t0ken-of-the-mirror@127.0.0.1:4222")
+    assert "t0ken-of-the-mirror" in tokened.secret_values  # token authentication
+    for shown in (repr(settings), repr(tokened)):
+        assert "s3cret-nats-pass" not in shown
+        assert "t0ken-of-the-mirror" not in shown
+        assert "***@127.0.0.1:4222" in shown
 
 
 def _publish_by_hand(feed: Feed, engine: Engine, picks: list[tuple[int, bool]]) -> None:
