@@ -116,6 +116,7 @@ class NatsServer:
     store: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    config: Path | None = None  # a configuration file of the server's (max_payload, say)
 
     @property
     def url(self) -> str:
@@ -123,8 +124,10 @@ class NatsServer:
 
     def start(self) -> None:
         assert self.process is None or self.process.poll() is not None
+        options = [] if self.config is None else ["-c", str(self.config)]
         self.process = subprocess.Popen(
-            [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)],
+            [NATS_SERVER, *options, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd",
+             str(self.store)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         deadline = time.monotonic() + 15

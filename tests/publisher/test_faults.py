@@ -13,6 +13,7 @@ import contextlib
 import functools
 import itertools
 import json
+import os
 import signal
 import sqlite3
 import sys
@@ -480,18 +481,20 @@ def test_database_refusing_the_cursor_commit(
         with publishing(settings, publisher_engine) as publisher:
             add_events(engine, 10)
             wait_all_published(engine, feed, settings)
-            before = stored_cursor(engine, settings)
-            # Added just before the lock: the publisher, polling every 0.2 s, reads them after.
-            add_events(engine, 10)
+            # Added just before the lock (SQLite's allows no writer): ten batches, more than
+            # the publisher can send before the lock is taken, whenever it wakes up.
+            add_events(engine, 40)
             with cursor_table_locked(database_url, settings) as locked_cursor:
                 locked_at = time.monotonic()
+                # What the publisher committed before the lock came (a batch, or none).
+                before = locked_cursor()
+                sent = [event.cursor for event in feed_order(engine)].index(before) + 1
                 if not sqlite:
-                    # PostgreSQL takes more meanwhile (SQLite's write lock allows no writer).
-                    # The lock gave its transaction an id, which holds back the feed's
-                    # horizon: these are fed only once it ends.
+                    # PostgreSQL takes more meanwhile. The lock gave its transaction an id,
+                    # which holds back the feed's horizon: these are fed only once it ends.
                     add_events(engine, 10)
                 wait_until(
-                    lambda: (stream_count(feed) or 0) >= 10 + batch,
+                    lambda: (stream_count(feed) or 0) >= sent + batch,
                     "the next batch reaches the stream",
                 )
                 wait_until(
@@ -501,7 +504,7 @@ def test_database_refusing_the_cursor_commit(
                 wait_until(lambda: time.monotonic() - locked_at >= 3.0, "three seconds pass")
                 assert locked_cursor() == before, "the cursor moved while its table was locked"
                 # The batch whose commit failed, and the one sent while it was committing.
-                assert stream_count(feed) in (10 + batch, 10 + 2 * batch), (
+                assert stream_count(feed) in (sent + batch, sent + 2 * batch), (
                     "more than two batches past the cursor"
                 )
             add_events(engine, 10)
@@ -509,7 +512,7 @@ def test_database_refusing_the_cursor_commit(
         assert publisher.stats.realigned >= 1
     finally:
         publisher_engine.dispose()
-    assert len(assert_stream_is_the_feed(engine, feed)) == (30 if sqlite else 40)
+    assert len(assert_stream_is_the_feed(engine, feed)) == (60 if sqlite else 70)
     assert stored_cursor(engine, settings) == feed_order(engine)[-1].cursor
 
 
@@ -545,3 +548,68 @@ def test_one_publisher_at_a_time_and_takeover(
         assert holder_pid(holder) == waiting.pid
         assert waiting.process.poll() is None, waiting.output()[-2000:]
     assert len(assert_stream_is_the_feed(engine, feed)) == 60
+
+
+def test_a_frozen_holder_that_wakes_after_a_takeover_publishes_nothing_twice(
+    feed: Feed, database_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    """The lease's holder SIGSTOPped (a long pause, a partition) while events keep coming; the
+    other takes over once the lease lapses; the old holder woken (SIGCONT) with batches in
+    hand: its messages follow a stream sequence that has moved on and are refused, its cursor
+    commit fails the fence, and the stream stays the feed, each event once."""
+    settings = feed.settings(database_url)
+    env = publisher_env(database_url, feed, nats_batch=8)
+    add_events(engine, 16)
+    with (
+        publisher_process(tmp_path, env, "first", 2.0) as first,
+        publisher_process(tmp_path, env, "second", 2.0) as second,
+    ):
+        by_pid = {first.pid: first, second.pid: second}
+        wait_all_published(engine, feed, settings, seconds=20)
+        holder = lease_holder(engine, settings)
+        assert holder is not None
+        holding = by_pid[holder_pid(holder)]
+        (waiting,) = (process for process in by_pid.values() if process is not holding)
+        os.kill(holding.pid, signal.SIGSTOP)
+        try:
+            add_events(engine, 24)
+            wait_until(
+                lambda: (
+                    (current := lease_holder(engine, settings)) is not None
+                    and holder_pid(current) == waiting.pid
+                ),
+                "the other publisher takes the lease",
+            )
+            wait_all_published(engine, feed, settings)
+        finally:
+            os.kill(holding.pid, signal.SIGCONT)
+        add_events(engine, 8)
+        time.sleep(1.0)  # the woken one runs into the fence and the sequence it expected
+        wait_all_published(engine, feed, settings)
+        assert holding.process.poll() is None, holding.output()[-2000:]
+    assert len(assert_stream_is_the_feed(engine, feed)) == 48
+
+
+def test_an_event_larger_than_nats_takes_goes_without_its_payload(
+    nats_server: NatsServer, database_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    """A server whose max_payload is smaller than an event: the event is published with its
+    payload null (GET /events has it), the others whole; nothing stalls."""
+    config = tmp_path / "nats.conf"
+    config.write_text("max_payload: 8192\n")
+    nats_server.config = config
+    nats_server.start()
+    feed = nats_server.feed()
+    settings = feed.settings(database_url)
+    add_events(engine, 3)
+    big = incoming(
+        factories.event("patient.updated", factories.patient("P-BIG", first_name="x" * 20_000))
+    )
+    ingest(engine, [big])
+    add_events(engine, 3)
+    with publishing(settings, engine):
+        wait_all_published(engine, feed, settings)
+    messages = assert_stream_is_the_feed(engine, feed)
+    bodies = [json.loads(message.data) for message in messages]
+    assert [body["payload"] is None for body in bodies] == [False] * 3 + [True] + [False] * 3
+    assert bodies[3]["record_id"] == "P-BIG"
