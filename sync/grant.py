@@ -113,7 +113,12 @@ class OAuthGrant:
             raise self._failure
         try:
             await self._store_unsaved()
-            info, tokens = await self._load()
+            if self._unsaved is not None:
+                # The newest tokens are only in memory (the database did not take them): the
+                # stored refresh token is spent, and presenting it would revoke the grant.
+                info, tokens = self._unsaved
+            else:
+                info, tokens = await self._load()
             usable = not self._expiring(info, tokens)
             if rejected is not None and f"Bearer {tokens.access_token}" == rejected:
                 usable = False

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, select
 from fake_healthdock import FakeHealthDock, create_app
 from fake_healthdock.clock import ManualClock
 from mirror import (
+    DatabaseUnavailable,
     GrantState,
     Resource,
     RunOutcome,
@@ -350,3 +351,38 @@ def test_a_refresh_cut_short_by_a_cancelled_request_still_stores_its_tokens(
     (result,) = asyncio.run(run_reconcile(settings, engine, BOTH[:1], transport=transport))
     assert result.outcome == RunOutcome.SUCCESS
     assert fake.oauth.stats.reuse_detections == 0
+
+
+def test_refreshed_tokens_the_database_did_not_take_are_used_and_stored_later(
+    database_url: str, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database refuses the rotated tokens: the run goes on with them, refreshes from the
+    newest refresh token (the stored one is spent: presenting it would revoke the grant), and
+    stores them once the database takes them again."""
+    fake = _fake()
+    transport = httpx.ASGITransport(app=create_app(fake))
+    settings = oauth_settings(database_url)
+    asyncio.run(authorize(settings, engine, transport))
+    store = oauth.store_refreshed
+
+    def refused(*args: Any, **kwargs: Any) -> bool:
+        raise DatabaseUnavailable("the database is away")
+
+    async def two_refreshes() -> None:
+        endpoint = TokenEndpoint(ClientRegistration.from_settings(settings), transport=transport)
+        grant = OAuthGrant(engine, Sealer(SECRET_KEY), endpoint)
+        async with HealthDockClient(settings.api_url, grant, transport=transport) as client:
+            monkeypatch.setattr(oauth, "store_refreshed", refused)
+            fake.oauth.expire_access_tokens()
+            await client.page(Resource.PATIENT, 1)  # 401, refreshed, not stored
+            fake.oauth.expire_access_tokens()
+            await client.page(Resource.PATIENT, 2)  # 401 again: refreshed from the newest
+            monkeypatch.setattr(oauth, "store_refreshed", store)
+        # Closing the client stored what the database had refused.
+
+    asyncio.run(two_refreshes())
+    assert fake.oauth.stats.refreshes == 2
+    assert fake.oauth.stats.reuse_detections == 0
+    assert _grant(engine).refresh_count == 1  # one store, of the newest tokens
+    (result,) = asyncio.run(run_reconcile(settings, engine, BOTH[:1], transport=transport))
+    assert result.outcome == RunOutcome.SUCCESS
