@@ -213,13 +213,16 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _oauth_complete(self) -> Settings:
-        if self.api_auth is ApiAuth.OAUTH:
-            needed = {"oauth_client_id": self.oauth_client_id, "secret_key": self.secret_key}
-            missing = [name for name, value in needed.items() if value is None]
-            if missing:
-                names = ", ".join(f"HEALTHDOCK_{name.upper()}" for name in missing)
-                raise ValueError(f"{names}: required when HEALTHDOCK_API_AUTH=oauth")
+        if self.api_auth is ApiAuth.OAUTH and self.missing_for_oauth:
+            names = ", ".join(self.missing_for_oauth)
+            raise ValueError(f"{names}: required when HEALTHDOCK_API_AUTH=oauth")
         return self
+
+    @property
+    def missing_for_oauth(self) -> list[str]:
+        """The settings OAuth needs and lacks, by their variables' names."""
+        needed = {"oauth_client_id": self.oauth_client_id, "secret_key": self.secret_key}
+        return [f"HEALTHDOCK_{name.upper()}" for name, value in needed.items() if value is None]
 
     @field_validator("log_level")
     @classmethod

@@ -22,6 +22,7 @@ from healthdock_mirror.access_commands import (
     token,
 )
 from healthdock_mirror.context import configure_logs as _configure_logging
+from healthdock_mirror.context import current_schema as _current_schema
 from healthdock_mirror.context import database as _database
 from healthdock_mirror.context import ensure_schema as _ensure_schema
 from healthdock_mirror.context import existing_mirror as _existing_mirror
@@ -35,10 +36,8 @@ from mirror import (
     Effect,
     EventStatus,
     Resource,
-    SchemaNotCurrent,
     current_revision,
     head_revision,
-    require_current,
     upgrade,
 )
 
@@ -243,10 +242,7 @@ def status(run_count: int, as_json: bool) -> None:
     _configure_logging(settings)
     _existing_mirror(settings)
     with _database(settings) as engine:
-        try:
-            require_current(engine)  # a read command never writes, not even a migration
-        except SchemaNotCurrent as error:
-            raise click.ClickException(str(error)) from None
+        _current_schema(engine)  # a read command never writes, not even a migration
         facts = gather_status(engine, runs=run_count)
     if as_json:
         click.echo(json.dumps(status_document(facts), indent=2))

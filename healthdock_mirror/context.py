@@ -16,6 +16,7 @@ from mirror import (
     SchemaNotCurrent,
     create_mirror_engine,
     prepare_for_writing,
+    require_current,
     sqlite_file,
 )
 
@@ -57,6 +58,14 @@ def database(settings: Settings) -> Iterator[Engine]:
         ) from None
     finally:
         engine.dispose()
+
+
+def current_schema(engine: Engine) -> None:
+    """A read command never migrates: a schema behind the code is refused, with what to do."""
+    try:
+        require_current(engine)
+    except SchemaNotCurrent as error:
+        raise click.ClickException(str(error)) from None
 
 
 def existing_mirror(settings: Settings) -> None:

@@ -31,6 +31,7 @@ from config import ApiAuth, Settings
 from healthdock_mirror.access_commands import cli_entry
 from healthdock_mirror.context import (
     configure_logs,
+    current_schema,
     database,
     ensure_schema,
     existing_mirror,
@@ -40,13 +41,11 @@ from mirror import (
     AuditAction,
     AuditOutcome,
     GrantState,
-    SchemaNotCurrent,
     Sealer,
     SealError,
     audit,
     oauth,
     read_transaction,
-    require_current,
     write_transaction,
 )
 from receiver import callback_app
@@ -62,23 +61,12 @@ def oauth_group() -> None:
 
 
 def _registration(settings: Settings) -> tuple[oauth_flow.ClientRegistration, Sealer]:
-    missing = [name for name, value in (("HEALTHDOCK_OAUTH_CLIENT_ID", settings.oauth_client_id),
-                                        ("HEALTHDOCK_SECRET_KEY", settings.secret_key))
-               if value is None]  # fmt: skip
-    if missing:
-        raise click.ClickException(f"{', '.join(missing)}: needed for OAuth")
+    if settings.missing_for_oauth:
+        raise click.ClickException(f"{', '.join(settings.missing_for_oauth)}: needed for OAuth")
     assert settings.secret_key is not None
     return oauth_flow.ClientRegistration.from_settings(settings), Sealer(
         settings.secret_key.get_secret_value()
     )
-
-
-def current_schema(engine: Engine) -> None:
-    """A read command never migrates: a schema behind the code is refused, by its setting."""
-    try:
-        require_current(engine)
-    except SchemaNotCurrent as error:
-        raise click.ClickException(str(error)) from None
 
 
 def _record(engine: Engine, action: AuditAction, target: str, outcome: AuditOutcome) -> None:

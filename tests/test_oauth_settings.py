@@ -37,6 +37,7 @@ def test_a_complete_oauth_configuration_and_its_defaults(monkeypatch: pytest.Mon
     monkeypatch.setenv("HEALTHDOCK_SECRET_KEY", KEY)
     settings = load_settings()
     assert settings.api_auth is ApiAuth.OAUTH
+    # The defaults' text only: no test ever sends a request there (the fake is on loopback).
     assert settings.oauth_authorize_url == "https://api.healthdock.org/oauth/authorize"
     assert settings.oauth_token_url == "https://api.healthdock.org/oauth/token"
     assert settings.oauth_redirect_uri == "http://127.0.0.1:8080/oauth/callback"
