@@ -6,9 +6,17 @@ What is named here is its public surface (pinned by tests/test_layering.py).
 
 from config.errors import ConfigurationError, MirrorError
 from config.logs import LogOptions, configure_logging
-from config.settings import OAUTH_CALLBACK_PATH, ApiAuth, Settings, SettingsError, load_settings
+from config.settings import (
+    DEFAULT_TIMEZONE,
+    OAUTH_CALLBACK_PATH,
+    ApiAuth,
+    Settings,
+    SettingsError,
+    load_settings,
+)
 
 __all__ = [
+    "DEFAULT_TIMEZONE",
     "OAUTH_CALLBACK_PATH",
     "ApiAuth",
     "ConfigurationError",

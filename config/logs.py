@@ -64,24 +64,22 @@ def configure_logging(options: LogOptions) -> None:
     else:
         handler.setFormatter(logging.Formatter(_TEXT_FORMAT))
     handler.addFilter(SecretMask(secrets))
-    handler.addFilter(CallbackQueryRedaction())
+    handler.addFilter(QueryRedaction())
     logging.basicConfig(level=level, handlers=[handler])
     threshold = logging.getLevelNamesMapping()[level]
     for name, quiet in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(max(quiet, threshold))
 
 
-class CallbackQueryRedaction(logging.Filter):
-    """The access log (``serve --access-log``) without the OAuth callback's query: it holds
-    the authorization code and the login's state."""
-
-    PATH = "/oauth/callback?"
+class QueryRedaction(logging.Filter):
+    """The access log (``serve --access-log``) without any request's query: a FHIR search's
+    holds patient data (``family=``, ``birthdate=``), the OAuth callback's its code and state."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name == "uvicorn.access" and isinstance(record.args, tuple):
             record.args = tuple(
-                f"{self.PATH}[redacted]"
-                if isinstance(arg, str) and arg.startswith(self.PATH)
+                f"{arg.partition('?')[0]}?[redacted]"
+                if isinstance(arg, str) and arg.startswith("/") and "?" in arg
                 else arg
                 for arg in record.args
             )

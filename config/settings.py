@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from enum import StrEnum
 from typing import Annotated, Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -16,6 +17,8 @@ from config.errors import ConfigurationError
 from config.logs import LogOptions
 
 DEFAULT_DATABASE_URL = "sqlite:///healthdock-mirror.db"
+# HealthDock's hospitals are in India: the day an appointment falls on there.
+DEFAULT_TIMEZONE = "Asia/Kolkata"
 _KNOWN_DRIVERS = ("sqlite", "postgresql")
 # Plain http is allowed to these hosts only (RFC 8252's loopback redirect, a local fake).
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
@@ -44,6 +47,8 @@ class Settings(BaseSettings):
     )
 
     database_url: str = DEFAULT_DATABASE_URL
+    # The zone whose calendar appointments.local_date follows (an IANA name, e.g. Asia/Kolkata).
+    timezone: str = DEFAULT_TIMEZONE
     # Several secrets may be valid at once so that a rotation never rejects honest events.
     webhook_secret: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     api_url: str = "https://api.healthdock.org/v1"
@@ -158,6 +163,22 @@ class Settings(BaseSettings):
             ) from None
         return value
 
+    @field_validator("timezone", mode="before")
+    @classmethod
+    def _known_zone(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return DEFAULT_TIMEZONE  # `HEALTHDOCK_TIMEZONE=`, as compose files write it
+        if not isinstance(value, str):
+            return value
+        try:
+            ZoneInfo(value.strip())
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            # ValueError: not a zone's name at all (a path, a file that is no zone).
+            raise ValueError(
+                f"unknown time zone {value.strip()!r}; use an IANA name such as Asia/Kolkata"
+            ) from None
+        return value.strip()
+
     @field_validator("oauth_authorize_url", "oauth_token_url")
     @classmethod
     def _endpoint(cls, value: str) -> str:
@@ -250,6 +271,11 @@ class Settings(BaseSettings):
     def reconciles(self) -> bool:
         """Whether the API can be read: an API key, or OAuth (its grant is checked per pass)."""
         return self.api_auth is ApiAuth.OAUTH or self.api_key is not None
+
+    @property
+    def local_timezone(self) -> ZoneInfo:
+        """The zone of ``appointments.local_date`` (``HEALTHDOCK_TIMEZONE``)."""
+        return ZoneInfo(self.timezone)
 
     @property
     def webhook_secrets(self) -> tuple[bytes, ...]:

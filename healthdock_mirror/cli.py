@@ -28,6 +28,8 @@ from healthdock_mirror.context import ensure_schema as _ensure_schema
 from healthdock_mirror.context import existing_mirror as _existing_mirror
 from healthdock_mirror.context import instant as _instant
 from healthdock_mirror.context import settings_or_exit as _settings
+from healthdock_mirror.context import warn_of_other_local_date_zone as _warn_of_other_zone
+from healthdock_mirror.export_commands import export
 from healthdock_mirror.oauth_commands import oauth_group
 from mirror import (
     REPLAY_SKIPPED,
@@ -76,6 +78,7 @@ def serve(host: str | None, port: int | None, access_log: bool, scheduler: bool)
     settings = _settings(host=host, port=port)
     _configure_logging(settings)
     _ensure_schema(settings)
+    _warn_of_other_zone(settings)
     metrics = Metrics()
     services = []
     if scheduler and not settings.reconciles:
@@ -112,6 +115,7 @@ def worker() -> None:
             "HEALTHDOCK_API_KEY: needed to reconcile with HealthDock (or HEALTHDOCK_API_AUTH=oauth)"
         )
     _ensure_schema(settings)
+    _warn_of_other_zone(settings)
 
     async def run(engine: Engine) -> None:
         stop = _stop_on_signals()
@@ -180,6 +184,8 @@ def sync(resource: str | None, allow_mass_delete: bool) -> None:
 
     settings = _settings()
     _configure_logging(settings)
+    _ensure_schema(settings)
+    _warn_of_other_zone(settings)
     resources = [_RESOURCES[resource]] if resource else list(_RESOURCES.values())
     console = Console(stderr=True)
     with _database(settings) as engine, Progress(
@@ -222,6 +228,45 @@ def sync(resource: str | None, allow_mass_delete: bool) -> None:
         console.print(f"[red]{result.resource}: {result.outcome}: {result.error}[/red]")
     if problems:
         raise SystemExit(1)
+
+
+@main.command("local-dates")
+@click.option(
+    "--batch-size", type=click.IntRange(1, 100_000), default=1000, show_default=True,
+    help="Appointments per transaction.",
+)  # fmt: skip
+def local_dates_command(batch_size: int) -> None:
+    """Recompute every appointment's local_date in HEALTHDOCK_TIMEZONE, after changing it.
+
+    Restart serve and worker with the new zone first (they write new rows in theirs). Short
+    transactions, so the receiver keeps taking webhooks meanwhile; run again, nothing changes.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from mirror import local_dates, read_transaction
+
+    settings = _settings()
+    _configure_logging(settings)
+    _existing_mirror(settings)
+    zone = settings.local_timezone
+    with _database(settings) as engine, Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=Console(stderr=True), transient=False,
+    ) as bar:  # fmt: skip
+        _current_schema(engine)  # a fix for a mirror, never a migration
+        before = read_transaction(engine, local_dates.local_date_zone)
+        task = bar.add_task(f"appointments in {zone.key}", total=None)
+        result = local_dates.recompute_local_dates(
+            engine,
+            zone,
+            batch=batch_size,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    was = "" if before == zone.key else f" (was {before or 'not recorded'})"
+    click.echo(
+        f"local_date in {zone.key}{was}: {result.changed} of {result.read} appointments changed"
+    )
 
 
 @main.command()
@@ -424,3 +469,4 @@ def prune() -> None:
 main.add_command(token)
 main.add_command(audit)
 main.add_command(oauth_group)
+main.add_command(export)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -15,10 +16,14 @@ from mirror import (
     DatabaseUnavailable,
     SchemaNotCurrent,
     create_mirror_engine,
+    local_dates,
     prepare_for_writing,
+    read_transaction,
     require_current,
     sqlite_file,
 )
+
+log = logging.getLogger(__name__)
 
 
 def settings_or_exit(**overrides: Any) -> Settings:
@@ -48,7 +53,9 @@ def ensure_schema(settings: Settings) -> None:
 def database(settings: Settings) -> Iterator[Engine]:
     """An engine for one command; an unreachable database is reported by its setting."""
     engine = create_mirror_engine(
-        settings.database_url, timeout_seconds=settings.database_timeout_seconds
+        settings.database_url,
+        timeout_seconds=settings.database_timeout_seconds,
+        local_timezone=settings.local_timezone,
     )
     try:
         yield engine
@@ -58,6 +65,17 @@ def database(settings: Settings) -> Iterator[Engine]:
         ) from None
     finally:
         engine.dispose()
+
+
+def warn_of_other_local_date_zone(settings: Settings) -> None:
+    """At the start of a command that writes appointments (serve, worker, sync): one warning
+    when the mirror's local dates were computed in another zone than HEALTHDOCK_TIMEZONE.
+    New writes follow the setting; the rows already there do not until `local-dates` runs."""
+    with database(settings) as engine:
+        stored = read_transaction(engine, local_dates.local_date_zone)
+    advice = local_dates.zone_advice(stored, settings.local_timezone.key)
+    if advice is not None:
+        log.warning("%s", advice)
 
 
 def current_schema(engine: Engine) -> None:

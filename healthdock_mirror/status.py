@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from mirror import MirrorStatus, gather_status
+from mirror import MirrorStatus, gather_status, local_dates
 
 __all__ = ["gather_status", "render_tables", "status_document"]
 
@@ -26,6 +26,7 @@ __all__ = ["gather_status", "render_tables", "status_document"]
 def status_document(status: MirrorStatus) -> dict[str, Any]:
     """The status as one JSON-ready document: stable keys, ISO 8601 UTC times, seconds."""
     oldest = status.oldest_unapplied
+    zone_advice = local_dates.zone_advice(status.local_date_zone, status.configured_zone)
     return {
         "generated_at": _iso(status.generated_at),
         "counts": {
@@ -94,6 +95,11 @@ def status_document(status: MirrorStatus) -> dict[str, Any]:
             {"name": lag.name, "lag_events": lag.events, "lag_seconds": round(lag.seconds, 3)}
             for lag in status.publishers
         ],
+        "local_dates": {
+            "zone": status.local_date_zone,
+            "configured_zone": status.configured_zone,
+            "current": zone_advice is None,
+        },
     }
 
 
@@ -110,6 +116,9 @@ def render_tables(status: MirrorStatus, console: Console) -> None:
     console.print(_lag_table(status))
     if status.publishers:
         console.print(_publishers_table(status))
+    advice = local_dates.zone_advice(status.local_date_zone, status.configured_zone)
+    if advice is not None:
+        console.print(Text(advice, style="yellow"))
 
 
 def _counts_table(status: MirrorStatus) -> Table:

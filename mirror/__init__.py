@@ -5,7 +5,17 @@ is its public surface (pinned by tests/mirror/test_exported_members.py); the mod
 are its own to rearrange.
 """
 
-from mirror import audit, leases, oauth, publications, runs, sessions, sync_requests, tokens
+from mirror import (
+    audit,
+    leases,
+    oauth,
+    publications,
+    runs,
+    search,
+    sessions,
+    sync_requests,
+    tokens,
+)
 from mirror.database import (
     DatabaseUnavailable,
     create_mirror_engine,
@@ -185,6 +195,7 @@ __all__ = [
     "last_received",
     "leases",
     "list_events",
+    "local_dates",
     "oauth",
     "oldest_unsettled",
     "parse_instant",
@@ -203,6 +214,7 @@ __all__ = [
     "replay",
     "require_current",
     "runs",
+    "search",
     "sessions",
     "sqlite_file",
     "storable_headers",

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote
+from zoneinfo import ZoneInfo
 
 import psycopg
 from sqlalchemy import Engine, create_engine, event, exc
@@ -33,7 +34,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.util import asbool
 
-from config import MirrorError
+from config import DEFAULT_TIMEZONE, MirrorError
 
 T = TypeVar("T")
 
@@ -125,11 +126,22 @@ def _uri_target(uri: str) -> _SqliteTarget | None:
     return _SqliteTarget(Path(os.path.abspath(path)), created_when_absent=mode == "rwc")
 
 
-def create_mirror_engine(database_url: str, *, timeout_seconds: float = 5.0) -> Engine:
-    """An engine for ``database_url`` tuned for this service's durability promises."""
+# The execution option that tells the mirror's writers the zone of appointments.local_date.
+_LOCAL_TIMEZONE = "local_timezone"
+
+
+def create_mirror_engine(
+    database_url: str, *, timeout_seconds: float = 5.0, local_timezone: ZoneInfo | None = None
+) -> Engine:
+    """An engine for ``database_url`` tuned for this service's durability promises.
+
+    Its connections carry ``local_timezone`` (default Asia/Kolkata) to the writers of the
+    mirror (see :func:`local_timezone`), which compute local dates in it without a query.
+    """
+    execution = {_LOCAL_TIMEZONE: local_timezone or ZoneInfo(DEFAULT_TIMEZONE)}
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
-        return _sqlite_engine(database_url, timeout_seconds)
+        return _sqlite_engine(database_url, timeout_seconds, execution)
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg")
     # A write waiting on another's lock longer than this fails (503) instead of hanging.
@@ -144,12 +156,14 @@ def create_mirror_engine(database_url: str, *, timeout_seconds: float = 5.0) -> 
         # A restarted server leaves dead connections in the pool: test each before use.
         pool_pre_ping=True,
         connect_args={"connect_timeout": max(1, round(timeout_seconds))},
+        execution_options=execution,
     )
 
 
-def _sqlite_engine(database_url: str, timeout_seconds: float) -> Engine:
+def _sqlite_engine(database_url: str, timeout_seconds: float, execution: dict[str, Any]) -> Engine:
     engine = create_engine(
         database_url,
+        execution_options=execution,
         connect_args={"timeout": timeout_seconds, "check_same_thread": False},
         poolclass=QueuePool,
         pool_size=4,
@@ -179,6 +193,13 @@ def _sqlite_engine(database_url: str, timeout_seconds: float) -> Engine:
         connection.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+def local_timezone(bind: Connection | Engine) -> ZoneInfo:
+    """The zone in which the mirror's writers on ``bind`` compute appointments.local_date: the
+    engine's (:func:`create_mirror_engine`), else the default."""
+    zone = bind.get_execution_options().get(_LOCAL_TIMEZONE)
+    return zone if isinstance(zone, ZoneInfo) else ZoneInfo(DEFAULT_TIMEZONE)
 
 
 def as_utc(moment: datetime) -> datetime:

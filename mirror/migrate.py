@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 
 import migrations
 from config import MirrorError
-from mirror.database import is_sqlite, unavailable_as_error
+from mirror.database import is_sqlite, local_timezone, unavailable_as_error
 
 _SCRIPT_LOCATION = str(Path(migrations.__file__).parent)
 
@@ -22,6 +22,7 @@ def alembic_config(engine: Engine | None = None) -> Config:
     config.set_main_option("script_location", _SCRIPT_LOCATION)
     if engine is not None:
         config.attributes["database_url"] = engine.url.render_as_string(hide_password=False)
+        config.attributes["local_timezone"] = local_timezone(engine)
     return config
 
 

@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
 
 from mirror import publications, runs
-from mirror.database import read_transaction
+from mirror.database import local_timezone, read_transaction
 from mirror.eventlog import (
     UnsettledEvent,
     event_count,
@@ -24,6 +24,7 @@ from mirror.eventlog import (
     unsettled_counts,
 )
 from mirror.events import Resource
+from mirror.local_dates import local_date_zone
 from mirror.records import RecordCounts, record_counts
 from mirror.states import EventSource, EventStatus
 
@@ -57,6 +58,10 @@ class MirrorStatus:
     runs: list[runs.RunSummary]  # the latest first
     # Publishers of the change feed (NATS JetStream): how far behind the feed each is.
     publishers: list[publications.PublicationLag]
+    # The zone appointments.local_date was computed in (None: not recorded), and the one this
+    # engine's writers use (HEALTHDOCK_TIMEZONE): `healthdock-mirror local-dates` aligns them.
+    local_date_zone: str | None
+    configured_zone: str
 
     @property
     def seconds_since_last_webhook(self) -> float | None:
@@ -96,6 +101,8 @@ def _gather(connection: Connection, run_count: int, now: datetime) -> MirrorStat
         last_webhook_at=last_received(connection, EventSource.WEBHOOK),
         runs=runs.latest_runs(connection, run_count),
         publishers=publications.lag(connection, now),
+        local_date_zone=local_date_zone(connection),
+        configured_zone=local_timezone(connection).key,
     )
 
 

@@ -11,16 +11,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Select, and_, case, func, literal, null, or_, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.expression import ColumnElement
 
-from mirror.database import as_utc
+from mirror.database import as_utc, local_timezone
 from mirror.driver import BulkStatement, Driver, unnest
 from mirror.events import RecordWrite, Resource
 from mirror.guard import RecordState, merge
-from mirror.schema import MIRRORED_TABLES
+from mirror.schema import MIRRORED_TABLES, appointments
 from mirror.states import Effect
 from mirror.versions import VersionError, VersionKey, parse_instant
 
@@ -98,14 +99,37 @@ _TYPED: Mapping[Resource, Mapping[str, Callable[[object], object]]] = {
 }
 
 
-def typed_columns(resource: Resource, fields: Mapping[str, Any] | None) -> dict[str, object]:
+# Columns of ours computed from the typed ones (with their PostgreSQL types): written together
+# with them, so that every writer (receiver, sync, replay) keeps them right.
+_DERIVED: Mapping[Resource, Sequence[tuple[str, str]]] = {
+    Resource.PATIENT: [],
+    Resource.APPOINTMENT: [("local_date", "date")],
+}
+
+
+def typed_columns(
+    resource: Resource, fields: Mapping[str, Any] | None, zone: ZoneInfo
+) -> dict[str, object]:
+    """A record's typed columns, and those derived from them: an appointment's local_date is
+    its date_time's day in ``zone``."""
     columns = {
         name: convert((fields or {}).get(name)) for name, convert in _TYPED[resource].items()
     }
-    absent = fields is not None and "duration" not in fields
-    if resource is Resource.APPOINTMENT and absent:
-        columns["duration"] = _DEFAULT_DURATION_MINUTES
+    if resource is Resource.APPOINTMENT:
+        if fields is not None and "duration" not in fields:
+            columns["duration"] = _DEFAULT_DURATION_MINUTES
+        columns["local_date"] = local_date(columns["date_time"], zone)  # type: ignore[arg-type]
     return columns
+
+
+def local_date(moment: datetime | None, zone: ZoneInfo) -> date | None:
+    """The day an (aware) instant falls on in ``zone``."""
+    if moment is None:
+        return None
+    try:
+        return moment.astimezone(zone).date()
+    except OverflowError:
+        return None  # before year 1 or after 9999 there: no date column holds that day
 
 
 def _deleted_at(state: RecordState) -> datetime | None:
@@ -135,12 +159,13 @@ class _Statements:
     def __init__(self, resource: Resource) -> None:
         self.resource = resource
         self.table = table = MIRRORED_TABLES[resource.value].name
-        self.dates = {name for name, convert in _TYPED[resource].items() if convert is _date}
-        self.timestamps = {n for n, convert in _TYPED[resource].items() if convert is _datetime}
         typed = [
             (name, _POSTGRES_TYPES.get(convert, "text"))
             for name, convert in _TYPED[resource].items()
         ]
+        typed += _DERIVED[resource]
+        self.dates = {name for name, kind in typed if kind == "date"}
+        self.timestamps = {name for name, kind in typed if kind == "timestamptz"}
         content = [*typed, ("raw", "json"), ("content_version", "text")]
         select = f"SELECT id, content_version, deleted_version FROM {table} WHERE "
         self.read = {
@@ -201,7 +226,8 @@ def apply_writes(
     # Every position is filled below: each write is merged once, in order.
     effects: list[Effect] = [Effect.STALE for _ in writes]
     driver = Driver.of(connection)
-    stamp = driver.timestamp(datetime.now(UTC))
+    # The zone of local dates is the engine's setting: no query, however many batches.
+    stamp = _Stamp(driver.timestamp(datetime.now(UTC)), seen_in_run, local_timezone(connection))
     for resource in Resource:
         positions = [i for i, write in enumerate(writes) if write.resource is resource]
         if not positions:
@@ -211,15 +237,24 @@ def apply_writes(
         ids = sorted({writes[i].record_id for i in positions})
         present = _states(connection, driver, sql, ids, lock=False)
         inserted = _insert_absent(connection, driver, sql, writes, positions, present, effects,
-                                  stamp, seen_in_run)  # fmt: skip
+                                  stamp)  # fmt: skip
         before = present
         if driver.postgres:
             # Locks are taken after the inserts, in id order, as every writer does: no cycles.
             before = _states(connection, driver, sql, [i for i in ids if i not in inserted])
         known = [i for i in positions if writes[i].record_id not in inserted]
         after = _merge(writes, known, before, effects)
-        _write_changes(connection, driver, sql, before, after, stamp, seen_in_run)
+        _write_changes(connection, driver, sql, before, after, stamp)
     return effects
+
+
+@dataclass(frozen=True, slots=True)
+class _Stamp:
+    """What every row one call of apply_writes writes shares."""
+
+    mirrored_at: object  # in the driver's form
+    seen_in_run: int | None
+    zone: ZoneInfo  # of local dates
 
 
 def _states(
@@ -243,8 +278,7 @@ def _insert_absent(
     positions: Sequence[int],
     present: Mapping[str, RecordState],
     effects: list[Effect],
-    stamp: object,
-    seen_in_run: int | None,
+    stamp: _Stamp,
 ) -> set[str]:
     """Insert whole rows for the records the mirror has never seen; return their ids.
 
@@ -256,7 +290,7 @@ def _insert_absent(
         return set()
     new = _merge(writes, absent, {}, effects)
     rows = [
-        _row(driver, sql, record_id, RecordState(), new[record_id], stamp, seen_in_run)
+        _row(driver, sql, record_id, RecordState(), new[record_id], stamp)
         for record_id in sorted(new)
     ]
     result = sql.insert.execute(connection, rows)
@@ -288,8 +322,7 @@ def _write_changes(
     sql: _Statements,
     before: Mapping[str, RecordState],
     after: Mapping[str, RecordState],
-    stamp: object,
-    seen_in_run: int | None,
+    stamp: _Stamp,
 ) -> None:
     content_rows: list[dict[str, object]] = []
     delete_rows: list[dict[str, object]] = []
@@ -297,10 +330,10 @@ def _write_changes(
     for record_id, state in after.items():
         old = before[record_id]
         if state == old:
-            if seen_in_run is not None:
-                seen_rows.append({"id": record_id, _SEEN[0]: seen_in_run})
+            if stamp.seen_in_run is not None:
+                seen_rows.append({"id": record_id, _SEEN[0]: stamp.seen_in_run})
             continue
-        row = _row(driver, sql, record_id, old, state, stamp, seen_in_run)
+        row = _row(driver, sql, record_id, old, state, stamp)
         (content_rows if "content_version" in row else delete_rows).append(row)
     if content_rows:
         sql.content.execute(connection, content_rows)
@@ -316,8 +349,7 @@ def _row(
     record_id: str,
     old: RecordState,
     state: RecordState,
-    stamp: object,
-    seen_in_run: int | None,
+    stamp: _Stamp,
 ) -> dict[str, object]:
     """The columns that change from ``old`` to ``state``: the content ones only if it changed."""
     version = state.version
@@ -326,18 +358,73 @@ def _row(
         "deleted_version": state.deleted_version,
         "deleted_at": driver.timestamp(_deleted_at(state)),
         "source_version": VersionKey(version).instant if version else None,
-        "mirrored_at": stamp,
-        _SEEN[0]: seen_in_run,
+        "mirrored_at": stamp.mirrored_at,
+        _SEEN[0]: stamp.seen_in_run,
     }
     if state.content_version == old.content_version and old.exists:
         return row
-    typed = typed_columns(sql.resource, state.fields)
+    typed = typed_columns(sql.resource, state.fields, stamp.zone)
     for name in sql.dates:
         typed[name] = driver.date(typed[name])  # type: ignore[arg-type]
     for name in sql.timestamps:
         typed[name] = driver.timestamp(typed[name])  # type: ignore[arg-type]
     row.update(typed, raw=driver.json(state.fields), content_version=state.content_version)
     return row
+
+
+# --- local dates in another zone: `healthdock-mirror local-dates` (mirror.local_dates) --------
+
+# On PostgreSQL a writer may change date_time between the read and this update: its row is then
+# left as that writer wrote it (the condition on date_time). SQLite has one writer at a time.
+_LOCAL_DATE_ROWS = [("id", "text"), ("date_time", "timestamptz"), ("local_date", "date"),
+                    ("mirrored_at", "timestamptz")]  # fmt: skip
+_SET_LOCAL_DATE = BulkStatement(
+    [name for name, _ in _LOCAL_DATE_ROWS],
+    sqlite="UPDATE appointments SET local_date = :local_date, mirrored_at = :mirrored_at "
+    "WHERE id = :id",
+    postgres="UPDATE appointments SET local_date = v.local_date, mirrored_at = v.mirrored_at "
+    f"FROM {unnest(_LOCAL_DATE_ROWS)} "
+    "WHERE appointments.id = v.id AND appointments.date_time IS NOT DISTINCT FROM v.date_time",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalDateBatch:
+    last_id: str | None  # the batch's greatest id; None when no appointment was left
+    read: int
+    changed: int
+
+
+def refresh_local_dates(
+    connection: Connection, zone: ZoneInfo, after: str | None, limit: int
+) -> LocalDateBatch:
+    """Set local_date in ``zone`` on the next ``limit`` appointments by id after ``after``
+    (None: from the first; keyset, so memory stays flat however many there are). Rows already
+    right are not written."""
+    query = select(appointments.c.id, appointments.c.date_time, appointments.c.local_date)
+    if after is not None:
+        query = query.where(appointments.c.id > after)
+    rows = connection.execute(query.order_by(appointments.c.id).limit(limit)).all()
+    if not rows:
+        return LocalDateBatch(None, 0, 0)
+    driver = Driver.of(connection)
+    stamp = driver.timestamp(datetime.now(UTC))
+    changes = []
+    for record_id, stored_moment, stored_date in rows:
+        moment = None if stored_moment is None else as_utc(stored_moment)
+        wanted = local_date(moment, zone)
+        if wanted != stored_date:
+            changes.append({
+                "id": record_id,
+                "date_time": driver.timestamp(moment),
+                "local_date": driver.date(wanted),
+                "mirrored_at": stamp,
+            })  # fmt: skip
+    changed = 0
+    if changes:
+        cursor: Any = _SET_LOCAL_DATE.execute(connection, changes)
+        changed = int(cursor.rowcount)
+    return LocalDateBatch(str(rows[-1][0]), len(rows), changed)
 
 
 # --- reads: counts, and the records a reconcile pass did not list ---------------------------

@@ -81,7 +81,15 @@ patients = Table(
     Column("phone", String(32)),
     Column("abha_number", String(32)),
     *_mirror_columns(),
+    # FHIR's searches (mirror.search); names are searched by FOLDED_NAME_INDEXES below.
+    Index(None, "date_of_birth"),
+    Index(None, "abha_number"),
+    Index(None, "updated_at"),
 )
+
+# Expression indexes on lower(last_name) and lower(first_name), in code-point order: their
+# collation differs between the dialects, so the migration c4f1d2e8a9b3 alone creates them.
+FOLDED_NAME_INDEXES = frozenset({"ix_patients_last_name_folded", "ix_patients_first_name_folded"})
 
 appointments = Table(
     "appointments",
@@ -94,11 +102,21 @@ appointments = Table(
     Column("type", String(32)),
     Column("status", String(32)),
     *_mirror_columns(),
+    # Derived, never sent by HealthDock: written with date_time by every writer (mirror.records),
+    # recomputed by `healthdock-mirror local-dates` when the zone changes (mirror.local_dates).
+    Column("local_date", Date, comment="date_time's day in HEALTHDOCK_TIMEZONE"),
     Index(None, "date_time"),
     Index(None, "doctor_id", "date_time"),
     Index(None, "status", "date_time"),
     Index(None, "patient_id"),
+    Index(None, "local_date"),
+    Index(None, "updated_at"),
 )
+
+# The views analysts count with (created by the migration 2026-12-01_local_dates_and_live_views):
+# `live_patients` and `live_appointments`, the rows of patients and appointments whose
+# deleted_at IS NULL, with their id, typed columns, created_at, updated_at and mirrored_at (and
+# appointments' local_date); the bookkeeping (raw, versions, seen_in_run) stays in the tables.
 
 
 def _one_of(column: str, states: type[StrEnum]) -> str:
@@ -310,6 +328,17 @@ feed_publications = Table(
         server_default="0",
         comment="the broker's sequence of the last event published",
     ),
+)
+
+# What the stored data was derived with, one row a setting, so that a change of configuration
+# the rows do not follow yet is noticed (mirror.local_dates): `local_date_timezone`, the zone
+# appointments.local_date was computed in.
+mirror_settings = Table(
+    "mirror_settings",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("changed_at", _Timestamp, nullable=False, comment="when value last changed"),
 )
 
 MIRRORED_TABLES = {"patient": patients, "appointment": appointments}

@@ -109,6 +109,9 @@ class AuditAction(StrEnum):
     TOKEN_REVOKE = "token.revoke"  # noqa: S105
     OAUTH_LOGIN = "oauth.login"  # the reconciler authorized as a third-party application
     OAUTH_LOGOUT = "oauth.logout"
+    FHIR_READ = "fhir.read"  # GET /fhir/<type>/<id>: the record's id
+    FHIR_SEARCH = "fhir.search"  # GET /fhir/<type>?...: the ids of the page answered
+    FHIR_EXPORT = "fhir.export"  # export fhir: what it wrote, and since when
 
 
 class GrantState(StrEnum):

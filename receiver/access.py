@@ -101,21 +101,22 @@ async def _principal(connection: ASGIConnection[Any, Any, Any, Any]) -> tokens.P
     return principal
 
 
-def require_role(role: Role) -> Callable[..., Any]:
-    """A Litestar guard: the request's token must hold ``role``; the principal is then in
-    ``request.state.principal``."""
+def require_role(*roles: Role) -> Callable[..., Any]:
+    """A Litestar guard: the request's token must hold one of ``roles``; the principal is then
+    in ``request.state.principal``."""
+    needed = " or ".join(roles)
 
     async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         principal = await _principal(connection)
-        if not principal.may(role):
-            await asyncio.to_thread(deny, connection, principal, f"needs {role}")
+        if not any(principal.may(role) for role in roles):
+            await asyncio.to_thread(deny, connection, principal, f"needs {needed}")
             raise PermissionDeniedException(
                 f"the token {principal.name!r} ({principal.role}) may not do this: "
-                f"it needs the {role} role"
+                f"it needs the {needed} role"
             )
         connection.state.principal = principal
 
-    guard.__name__ = f"require_{role}"
+    guard.__name__ = f"require_{'_or_'.join(roles)}"
     return guard
 
 

@@ -24,6 +24,7 @@ from receiver.console import (
 )
 from receiver.errors import EXCEPTION_HANDLERS
 from receiver.feed import read_events
+from receiver.fhir import fhir_router
 from receiver.health import healthz, readyz
 from receiver.intake import Intake
 from receiver.metrics import Metrics, metrics_endpoint
@@ -56,13 +57,16 @@ def create_app(
                 "create) are let in"
             )
         engine = create_mirror_engine(
-            settings.database_url, timeout_seconds=settings.database_timeout_seconds
+            settings.database_url,
+            timeout_seconds=settings.database_timeout_seconds,
+            local_timezone=settings.local_timezone,
         )
         try:
             require_current(engine)
             intake = Intake(
                 settings.database_url,
                 timeout_seconds=settings.database_timeout_seconds,
+                local_timezone=settings.local_timezone,
                 max_batch=settings.intake_max_batch,
                 logging_options=settings.log_options,
             )
@@ -87,6 +91,7 @@ def create_app(
             readyz,
             metrics_endpoint,
             read_events,
+            fhir_router(),
             oauth_callback,
             console_router(),
         ],

@@ -26,6 +26,7 @@ import os
 import socket
 import struct
 from multiprocessing.connection import Connection
+from zoneinfo import ZoneInfo
 
 from sqlalchemy.engine import make_url
 
@@ -56,6 +57,7 @@ def answer_deadline(timeout_seconds: float) -> float:
 def run_committer(
     database_url: str,
     timeout_seconds: float,
+    local_timezone: ZoneInfo,
     channel: Connection,
     logging_options: LogOptions,
 ) -> None:
@@ -67,7 +69,10 @@ def run_committer(
     password = make_url(database_url).password or ""
     secrets = (*logging_options.secrets, password)
     configure_logging(dataclasses.replace(logging_options, secrets=secrets))
-    engine = create_mirror_engine(database_url, timeout_seconds=timeout_seconds)
+    # The committer writes appointments: their local dates are in the receiver's zone.
+    engine = create_mirror_engine(
+        database_url, timeout_seconds=timeout_seconds, local_timezone=local_timezone
+    )
     channel.send_bytes(frames.encode_answer(frames.Ready()))
     log.info("committer started (pid %d)", os.getpid())
     try:
@@ -97,10 +102,12 @@ class CommitterClient:
         database_url: str,
         timeout_seconds: float,
         *,
+        local_timezone: ZoneInfo,
         logging_options: LogOptions,
     ) -> None:
         self._database_url = database_url
         self._timeout = timeout_seconds
+        self._zone = local_timezone
         self._logging = logging_options
         self._deadline = answer_deadline(timeout_seconds)
         self._process: multiprocessing.process.BaseProcess | None = None
@@ -113,7 +120,7 @@ class CommitterClient:
         ours, theirs = context.Pipe(duplex=True)
         process = context.Process(
             target=run_committer,
-            args=(self._database_url, self._timeout, theirs, self._logging),
+            args=(self._database_url, self._timeout, self._zone, theirs, self._logging),
             name="healthdock-committer",
             daemon=True,
         )

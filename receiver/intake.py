@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from zoneinfo import ZoneInfo
 
 from config import LogOptions, MirrorError
 from mirror import DatabaseUnavailable, IncomingEvent, Receipt
@@ -33,11 +34,15 @@ class Intake:
         database_url: str,
         *,
         timeout_seconds: float,
+        local_timezone: ZoneInfo,
         max_batch: int,
         logging_options: LogOptions,
     ) -> None:
         self._committer = CommitterClient(
-            database_url, timeout_seconds, logging_options=logging_options
+            database_url,
+            timeout_seconds,
+            local_timezone=local_timezone,
+            logging_options=logging_options,
         )
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()

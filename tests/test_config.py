@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -49,6 +50,8 @@ def test_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
         ("HEALTHDOCK_PORT", "70000", "HEALTHDOCK_PORT"),
         ("HEALTHDOCK_MAX_BODY_BYTES", "10", "HEALTHDOCK_MAX_BODY_BYTES"),
         ("HEALTHDOCK_LOG_LEVEL", "chatty", "HEALTHDOCK_LOG_LEVEL"),
+        ("HEALTHDOCK_TIMEZONE", "Mars/Olympus_Mons", "HEALTHDOCK_TIMEZONE: unknown time zone"),
+        ("HEALTHDOCK_TIMEZONE", "../../etc/passwd", "HEALTHDOCK_TIMEZONE: unknown time zone"),
     ],
 )
 def test_bad_values_name_the_setting(
@@ -57,3 +60,13 @@ def test_bad_values_name_the_setting(
     monkeypatch.setenv(variable, value)
     with pytest.raises(SettingsError, match=named):
         load_settings()
+
+
+def test_the_zone_of_local_dates(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HEALTHDOCK_TIMEZONE", raising=False)
+    assert load_settings().local_timezone == ZoneInfo("Asia/Kolkata")
+    monkeypatch.setenv("HEALTHDOCK_TIMEZONE", "America/New_York")
+    assert load_settings().local_timezone == ZoneInfo("America/New_York")
+    monkeypatch.setenv("HEALTHDOCK_TIMEZONE", "")  # as compose files write "unset"
+    assert load_settings().local_timezone == ZoneInfo("Asia/Kolkata")

@@ -19,10 +19,19 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 ALLOWED = {
     "config": set(),
     "mirror": {"config"},
-    "receiver": {"config", "mirror"},
+    "fhir_r4": {"config", "mirror"},
+    "receiver": {"config", "mirror", "fhir_r4"},
     "sync": {"config", "mirror"},
     "publisher": {"config", "mirror"},
-    "healthdock_mirror": {"config", "mirror", "receiver", "sync", "publisher", "fake_healthdock"},
+    "healthdock_mirror": {
+        "config",
+        "mirror",
+        "receiver",
+        "sync",
+        "publisher",
+        "fhir_r4",
+        "fake_healthdock",
+    },
     "fake_healthdock": set(),
 }
 
@@ -99,6 +108,6 @@ def test_config_surface() -> None:
     import config
 
     assert sorted(config.__all__) == [
-        "ApiAuth", "ConfigurationError", "LogOptions", "MirrorError", "OAUTH_CALLBACK_PATH",
-        "Settings", "SettingsError", "configure_logging", "load_settings",
+        "ApiAuth", "ConfigurationError", "DEFAULT_TIMEZONE", "LogOptions", "MirrorError",
+        "OAUTH_CALLBACK_PATH", "Settings", "SettingsError", "configure_logging", "load_settings",
     ]  # fmt: skip

@@ -85,3 +85,25 @@ def test_a_level_above_warning_holds_the_quiet_loggers_too() -> None:
     )
     assert logged.splitlines()[-1].endswith("some.library: an error")
     assert "warning" not in logged
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_the_access_log_shows_paths_without_their_queries(log_format: str) -> None:
+    """uvicorn's access log names each request's path; a FHIR search's query holds a patient's
+    name and birth date, the OAuth callback's its code: only the path is kept."""
+    access = (
+        "access = logging.getLogger('uvicorn.access')\n"
+        "line = '%s - \"%s %s HTTP/%s\" %d'\n"
+        "access.info(line, '127.0.0.1:5000', 'GET', '/fhir/Patient?family=Sharma&birthdate=1990'"
+        ", '1.1', 200)\n"
+        "access.info(line, '127.0.0.1:5000', 'GET', '/oauth/callback?code=hdac_x&state=y', '1.1'"
+        ", 200)\n"
+        "access.info(line, '127.0.0.1:5000', 'GET', '/fhir/Patient/PAT001', '1.1', 200)\n"
+    )
+    logged = _logged("INFO", log_format, access)
+    assert "Sharma" not in logged
+    assert "1990" not in logged
+    assert "hdac_x" not in logged
+    assert "/fhir/Patient?[redacted]" in logged
+    assert "/oauth/callback?[redacted]" in logged
+    assert "/fhir/Patient/PAT001" in logged

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
 from sqlalchemy import inspect
 
 from mirror.database import create_mirror_engine
 from mirror.migrate import current_revision, downgrade, head_revision, is_current, upgrade
-from mirror.schema import metadata
+from mirror.schema import appointments, metadata, mirror_settings
+
+_BEFORE_LOCAL_DATES = "b96c2e4f7a55"  # the revision before appointments.local_date
 
 
 def test_upgrade_downgrade_upgrade(database_url: str) -> None:
@@ -34,6 +42,7 @@ def test_analytics_indexes_exist(database_url: str) -> None:
         ("doctor_id", "date_time"),
         ("status", "date_time"),
         ("patient_id",),
+        ("local_date",),
     } <= indexed
     engine.dispose()
 
@@ -56,4 +65,72 @@ def test_migrations_match_the_schema_module(database_url: str) -> None:
     engine = create_mirror_engine(database_url)
     upgrade(engine)
     command.check(alembic_config(engine))  # raises if autogenerate would find a difference
+    engine.dispose()
+
+
+def test_local_dates_are_filled_for_existing_rows(database_url: str) -> None:
+    """The revision that adds appointments.local_date computes it for the rows already there,
+    in the engine's zone (HEALTHDOCK_TIMEZONE), which it records; its downgrade keeps them."""
+    new_york = ZoneInfo("America/New_York")
+    engine = create_mirror_engine(database_url, local_timezone=new_york)
+    upgrade(engine, _BEFORE_LOCAL_DATES)
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    # More rows than one of the migration's batches (5000), 47 minutes apart: every hour of the
+    # day, across the change to daylight saving time on 2026-03-08.
+    rows = [
+        {"id": f"APT{i:06d}", "date_time": start + timedelta(minutes=47 * i), "mirrored_at": start}
+        for i in range(10_500)
+    ]
+    rows.append({"id": "UNDATED", "date_time": None, "mirrored_at": start})
+    old_appointments = sa.table(
+        "appointments", sa.column("id", sa.String()),
+        sa.column("date_time", sa.DateTime(timezone=True)),
+        sa.column("mirrored_at", sa.DateTime(timezone=True)),
+    )  # fmt: skip
+    with engine.begin() as connection:
+        connection.execute(sa.insert(old_appointments), rows)
+
+    upgrade(engine)
+
+    with engine.connect() as connection:
+        rows = connection.execute(sa.select(appointments.c.id, appointments.c.local_date))
+        found = {row[0]: row[1] for row in rows}
+        zone = connection.execute(sa.select(mirror_settings.c.name, mirror_settings.c.value)).all()
+    expected = {
+        row["id"]: None
+        if row["date_time"] is None
+        else row["date_time"].astimezone(new_york).date()
+        for row in rows
+    }
+    assert found == expected
+    assert len(set(found.values())) > 20
+    assert zone == [("local_date_timezone", "America/New_York")]
+
+    downgrade(engine, _BEFORE_LOCAL_DATES)
+    inspector = inspect(engine)
+    assert "local_date" not in {c["name"] for c in inspector.get_columns("appointments")}
+    assert "mirror_settings" not in inspector.get_table_names()
+    assert not {"live_patients", "live_appointments"} & set(inspector.get_view_names())
+    with engine.connect() as connection:
+        count = connection.execute(sa.select(sa.func.count()).select_from(old_appointments))
+        assert count.scalar_one() == len(rows)
+    engine.dispose()
+
+
+def test_alembic_on_its_own_reads_the_zone_from_the_settings(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`alembic upgrade head`, without the command line: the service's settings decide."""
+    from alembic import command
+
+    from mirror.local_dates import local_date_zone
+    from mirror.migrate import alembic_config
+
+    monkeypatch.chdir(tmp_path)  # no .env of the developer's
+    monkeypatch.setenv("HEALTHDOCK_DATABASE_URL", database_url)
+    monkeypatch.setenv("HEALTHDOCK_TIMEZONE", "Europe/Lisbon")
+    command.upgrade(alembic_config(), "head")
+    engine = create_mirror_engine(database_url)
+    with engine.connect() as connection:
+        assert local_date_zone(connection) == "Europe/Lisbon"
     engine.dispose()

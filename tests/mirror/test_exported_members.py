@@ -6,7 +6,7 @@ Which packages may import it, and only through these names, is tests/test_layeri
 from __future__ import annotations
 
 import mirror
-from mirror import audit, leases, oauth, runs, sessions, sync_requests, tokens
+from mirror import audit, leases, local_dates, oauth, runs, sessions, sync_requests, tokens
 
 
 def test_exported_members() -> None:
@@ -30,11 +30,11 @@ def test_exported_members() -> None:
             "event_count", "event_counts", "event_detail", "events_per_hour",
             "gather_status", "head_revision", "ingest", "is_after", "is_issued", "is_sqlite",
             "last_received",
-            "leases", "list_events", "oauth", "oldest_unsettled", "parse_instant",
+            "leases", "list_events", "local_dates", "oauth", "oldest_unsettled", "parse_instant",
             "prepare_for_writing", "prune_event_payloads", "publications", "read_batch",
             "read_event", "read_feed",
             "read_transaction", "reconcile_event", "record_counts", "record_row",
-            "record_timeline", "record_write", "replay", "require_current", "runs",
+            "record_timeline", "record_write", "replay", "require_current", "runs", "search",
             "sessions", "sqlite_file", "storable_headers", "store_events",
             "sync_requests", "tokens", "unavailable_as_error", "unlisted_records",
             "unreadable_event", "unsettled_counts", "upgrade", "write_transaction"
@@ -105,3 +105,13 @@ def test_the_oauth_module() -> None:
     )  # fmt: skip
     for name in oauth.__all__:
         assert getattr(oauth, name) is not None
+
+
+def test_the_local_dates_module() -> None:
+    """appointments.local_date in a new zone, and the zone recorded for it."""
+    assert sorted(local_dates.__all__) == sorted(
+        ["DEFAULT_BATCH", "LOCAL_DATE_TIMEZONE", "Recomputed", "local_date_zone",
+         "recompute_local_dates", "zone_advice"]
+    )  # fmt: skip
+    for name in local_dates.__all__:
+        assert getattr(local_dates, name) is not None
