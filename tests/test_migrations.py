@@ -93,8 +93,8 @@ def test_local_dates_are_filled_for_existing_rows(database_url: str) -> None:
     upgrade(engine)
 
     with engine.connect() as connection:
-        rows = connection.execute(sa.select(appointments.c.id, appointments.c.local_date))
-        found = {row[0]: row[1] for row in rows}
+        selected = connection.execute(sa.select(appointments.c.id, appointments.c.local_date))
+        found = {row[0]: row[1] for row in selected}
         zone = connection.execute(sa.select(mirror_settings.c.name, mirror_settings.c.value)).all()
     expected = {
         row["id"]: None
