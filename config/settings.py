@@ -87,6 +87,9 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
+    # Where clients reach the receiver (through the hospital's proxy, say): the base of the
+    # links FHIR answers carry. Never taken from a request's Host header.
+    public_url: str | None = None
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     # The HTTP server's own limits (receiver/server.py), so that no client can hold the
     # receiver's memory, CPU or sockets. A request's head is its request line and headers.
@@ -190,6 +193,35 @@ class Settings(BaseSettings):
         if value is None or not value.strip():
             return None
         return _https_or_loopback(value, what="endpoint")
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        try:
+            parts = urlsplit(value.strip())
+            port = parts.port
+        except ValueError:
+            raise ValueError("not a URL; give e.g. https://mirror.hospital.example") from None
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError(
+                "not an absolute http(s) URL; give e.g. https://mirror.hospital.example"
+            )
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ValueError("a base URL has no query, fragment or credentials")
+        del port  # read only to check it is a number
+        return value.strip().rstrip("/")
+
+    @property
+    def base_url(self) -> str:
+        """The receiver's URL as its clients reach it: HEALTHDOCK_PUBLIC_URL, else the address
+        it binds (a wildcard bind names this host's loopback)."""
+        if self.public_url is not None:
+            return self.public_url
+        wildcard = self.host in ("0.0.0.0", "::", "")  # noqa: S104 (recognized, not bound)
+        host = "127.0.0.1" if wildcard else self.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     @field_validator("oauth_redirect_uri")
     @classmethod

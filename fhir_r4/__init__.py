@@ -5,7 +5,7 @@ exports it."""
 
 from fhir_r4.bundle import FHIR_JSON, operation_outcome, searchset
 from fhir_r4.capability import capability_statement
-from fhir_r4.export import ExportedFile, export_fhir
+from fhir_r4.export import Export, ExportedFile, export_fhir
 from fhir_r4.mapping import (
     ABHA_SYSTEM,
     APPOINTMENT_ID_SYSTEM,
@@ -17,10 +17,12 @@ from fhir_r4.mapping import (
 from fhir_r4.search_params import (
     MAX_COUNT,
     FormatNotAcceptable,
+    SearchContext,
     SearchError,
     SearchRequest,
     TotalMode,
     check_format,
+    check_read_parameters,
     parse_search,
     resource_name,
 )
@@ -31,14 +33,17 @@ __all__ = [
     "FHIR_JSON",
     "MAX_COUNT",
     "PATIENT_ID_SYSTEM",
+    "Export",
     "ExportedFile",
     "FormatNotAcceptable",
+    "SearchContext",
     "SearchError",
     "SearchRequest",
     "TotalMode",
     "appointment_resource",
     "capability_statement",
     "check_format",
+    "check_read_parameters",
     "export_fhir",
     "is_fhir_id",
     "operation_outcome",

@@ -23,6 +23,7 @@ APPOINTMENT_ID_SYSTEM = "https://api.healthdock.org/v1/appointments"
 ABHA_SYSTEM = "https://healthid.ndhm.gov.in"
 _APPOINTMENT_TYPES = "http://terminology.hl7.org/CodeSystem/v2-0276"
 _DATA_ABSENT = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
+_DEFAULT_MINUTES = 30  # SPEC.md: an appointment's duration when HealthDock gives none
 
 GENDERS: Mapping[str, str] = {"M": "male", "F": "female", "Other": "other"}
 # FHIR's AppointmentStatus for each HealthDock status.
@@ -53,6 +54,11 @@ def instant(moment: datetime, zone: ZoneInfo | None = None) -> str:
 def _string(value: object) -> str | None:
     """A FHIR ``string``: never empty."""
     return value if isinstance(value, str) and value.strip() else None
+
+
+def _absent() -> dict[str, Any]:
+    """An element FHIR requires and the mirror does not know: data-absent-reason unknown."""
+    return {"extension": [{"url": _DATA_ABSENT, "valueCode": "unknown"}]}
 
 
 def _meta(columns: Mapping[str, Any]) -> dict[str, Any]:
@@ -105,7 +111,7 @@ def appointment_resource(record: search.FoundRecord, zone: ZoneInfo) -> dict[str
         resource["status"] = status
     else:
         # Required in FHIR, unknown here: said so, rather than a status HealthDock never gave.
-        resource["_status"] = {"extension": [{"url": _DATA_ABSENT, "valueCode": "unknown"}]}
+        resource["_status"] = _absent()
     if kind := _string(columns.get("type")):
         concept: dict[str, Any] = {"text": kind}
         if kind == "follow-up":
@@ -114,11 +120,15 @@ def appointment_resource(record: search.FoundRecord, zone: ZoneInfo) -> dict[str
     start = columns.get("date_time")
     duration = columns.get("duration")
     if isinstance(start, datetime):
+        # FHIR wants start and end together: HealthDock's default length when it gives none.
+        minutes = duration if isinstance(duration, int) else _DEFAULT_MINUTES
         resource["start"] = instant(start, zone)
-        if isinstance(duration, int) and duration > 0:
-            resource["end"] = instant(start + timedelta(minutes=duration), zone)
-    if isinstance(duration, int) and duration > 0:
-        resource["minutesDuration"] = duration
+        resource["end"] = instant(start + timedelta(minutes=max(minutes, 0)), zone)
+        if minutes > 0:
+            resource["minutesDuration"] = minutes
+    else:
+        # A booked appointment must have times (FHIR's app-3): unknown ones are said so.
+        resource["_start"] = resource["_end"] = _absent()
     participants: list[dict[str, Any]] = []
     for kind_, key, system in (
         ("Patient", "patient_id", PATIENT_ID_SYSTEM),
@@ -128,7 +138,6 @@ def appointment_resource(record: search.FoundRecord, zone: ZoneInfo) -> dict[str
             participants.append({"actor": actor, "status": "accepted"})
     if not participants:
         # FHIR needs one participant: say who is not known rather than leave the rule broken.
-        absent = {"extension": [{"url": _DATA_ABSENT, "valueCode": "unknown"}]}
-        participants.append({"type": [absent], "status": "needs-action"})
+        participants.append({"type": [_absent()], "status": "needs-action"})
     resource["participant"] = participants
     return resource

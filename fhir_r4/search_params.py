@@ -27,6 +27,7 @@ from fhir_r4.mapping import (
     FHIR_ID_LENGTH,
     GENDERS,
     PATIENT_ID_SYSTEM,
+    is_fhir_id,
 )
 from mirror import Resource, search
 
@@ -77,8 +78,34 @@ class SearchRequest:
 # --- values ----------------------------------------------------------------------------------
 
 
-def _alternatives(name: str, raw: str) -> list[str]:
-    """A parameter's comma-separated values, FHIR escapes undone."""
+@dataclass(frozen=True, slots=True)
+class _Value:
+    """One of a parameter's comma-separated values, its FHIR escapes (``\\,`` ``\\|``
+    ``\\$`` ``\\\\``) still in, so that an escaped ``|`` is not taken for a system's end."""
+
+    escaped: str
+
+    @property
+    def text(self) -> str:
+        return _unescape(self.escaped)
+
+    def system_and_code(self) -> tuple[str | None, str]:
+        """``system|code`` split at its first unescaped bar; (None, code) without one."""
+        bar = _unescaped_bar.search(self.escaped)
+        if bar is None:
+            return None, self.text
+        return _unescape(self.escaped[: bar.end() - 1]), _unescape(self.escaped[bar.end() :])
+
+
+_unescaped_bar = re.compile(r"(?:^|(?<=[^\\]))(?:\\\\)*\|")
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\(.)", r"\1", text)
+
+
+def _alternatives(name: str, raw: str) -> list[_Value]:
+    """A parameter's comma-separated values."""
     if len(raw) > _MAX_VALUE_LENGTH:
         raise SearchError(f"{name}: a value is longer than {_MAX_VALUE_LENGTH} characters")
     if "\x00" in raw:
@@ -90,6 +117,7 @@ def _alternatives(name: str, raw: str) -> list[str]:
             current.append(char)
             escaped = False
         elif char == "\\":
+            current.append(char)
             escaped = True
         elif char == ",":
             values.append("".join(current))
@@ -103,7 +131,7 @@ def _alternatives(name: str, raw: str) -> list[str]:
         raise SearchError(f"{name}: more than {_MAX_ALTERNATIVES} alternatives")
     if any(not value for value in values):
         raise SearchError(f"{name}: an empty value between commas")
-    return values
+    return [_Value(value) for value in values]
 
 
 _DATE = re.compile(
@@ -165,7 +193,12 @@ def _parse_date(name: str, raw: str, zone: ZoneInfo) -> _DateValue:
         precision = timedelta(microseconds=10 ** max(0, 6 - (len(fraction) - 1)))
     else:
         precision = timedelta(seconds=1)
-    return _DateValue(prefix, moment, moment + precision, True)
+    try:
+        # Both ends must be instants the database can compare: in UTC, within years 1-9999.
+        low, high = moment.astimezone(UTC), (moment + precision).astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise SearchError(f"{name}: an instant outside the years 1 to 9999") from None
+    return _DateValue(prefix, low, high, True)
 
 
 def _days(prefix: str, low: date, high: date | None) -> _DateValue:
@@ -196,7 +229,16 @@ def _range(column: str, value: _DateValue) -> search.Between:
 
 # --- parameter types -------------------------------------------------------------------------
 
-_Parser = Callable[[str, str, str | None, ZoneInfo], search.Criterion]
+
+@dataclass(frozen=True, slots=True)
+class SearchContext:
+    """What a parameter's meaning depends on besides its text."""
+
+    zone: ZoneInfo  # HEALTHDOCK_TIMEZONE: a day without a time is one of its days
+    base: str  # this server's FHIR base URL: an absolute reference names one of ours under it
+
+
+_Parser = Callable[[str, str, str | None, SearchContext], search.Criterion]
 
 
 def _no_modifier(name: str, modifier: str | None) -> None:
@@ -205,11 +247,11 @@ def _no_modifier(name: str, modifier: str | None) -> None:
 
 
 def _text(columns: tuple[str, ...]) -> _Parser:
-    def parse(name: str, raw: str, modifier: str | None, _: ZoneInfo) -> search.Criterion:
+    def parse(name: str, raw: str, modifier: str | None, _: SearchContext) -> search.Criterion:
         if modifier not in (None, "exact"):
             raise SearchError(f"{name}: the modifier :{modifier} is not supported", "not-supported")
         return tuple(
-            search.TextMatch(columns, value, exact=modifier == "exact")
+            search.TextMatch(columns, value.text, exact=modifier == "exact")
             for value in _alternatives(name, raw)
         )
 
@@ -220,13 +262,13 @@ def _token(system: str, codes: Mapping[str, tuple[str, ...]]) -> _Parser:
     """A coded parameter: each FHIR code stands for these mirror values (none: valid, but
     nothing in the mirror has it)."""
 
-    def parse(name: str, raw: str, modifier: str | None, _: ZoneInfo) -> search.Criterion:
+    def parse(name: str, raw: str, modifier: str | None, _: SearchContext) -> search.Criterion:
         _no_modifier(name, modifier)
         values: list[str] = []
         for value in _alternatives(name, raw):
-            given_system, bar, code = value.rpartition("|")
-            if bar and given_system not in ("", system):
-                continue  # another code system: none of ours matches it
+            given_system, code = value.system_and_code()
+            if given_system is not None and given_system != system:
+                continue  # another code system, or none (|code): none of ours matches it
             if code not in codes:
                 raise SearchError(f"{name}: unknown code (use one of {', '.join(codes)})")
             values += codes[code]
@@ -262,17 +304,17 @@ def _digits_forms(value: str) -> tuple[str, ...]:
 
 
 def _identifier(id_system: str, abha: bool) -> _Parser:
-    def parse(name: str, raw: str, modifier: str | None, _: ZoneInfo) -> search.Criterion:
+    def parse(name: str, raw: str, modifier: str | None, _: SearchContext) -> search.Criterion:
         _no_modifier(name, modifier)
         alternatives: list[search.Alternative] = []
         for value in _alternatives(name, raw):
-            system, bar, code = value.partition("|")
-            if not bar:
-                system, code = "*", value  # any system
-            if system in ("*", id_system):
+            system, code = value.system_and_code()
+            # system|: any identifier in that system; |value: one without a system (none of
+            # ours); value: in any system.
+            if system in (None, id_system):
                 every = search.Between("id", None, None)
                 alternatives.append(search.Equals("id", (code,)) if code else every)
-            if abha and system in ("*", ABHA_SYSTEM):
+            if abha and system in (None, ABHA_SYSTEM):
                 alternatives.append(
                     search.Equals("abha_number", _digits_forms(code))
                     if code
@@ -284,22 +326,31 @@ def _identifier(id_system: str, abha: bool) -> _Parser:
     return parse
 
 
-def _ids(name: str, raw: str, modifier: str | None, _: ZoneInfo) -> search.Criterion:
+def _ids(name: str, raw: str, modifier: str | None, _: SearchContext) -> search.Criterion:
     _no_modifier(name, modifier)
-    return (search.Equals("id", tuple(_alternatives(name, raw))),)
+    return (search.Equals("id", tuple(value.text for value in _alternatives(name, raw))),)
 
 
 def _reference(kind: str) -> _Parser:
-    def parse(name: str, raw: str, modifier: str | None, _: ZoneInfo) -> search.Criterion:
+    def parse(
+        name: str, raw: str, modifier: str | None, context: SearchContext
+    ) -> search.Criterion:
         _no_modifier(name, modifier)
         ids = []
         for value in _alternatives(name, raw):
-            head, slash, record_id = value.rpartition("/")
-            if slash and not (head == kind or head.endswith(f"/{kind}")):
+            reference = value.text
+            if "://" in reference:
+                ours = f"{context.base}/{kind}/"
+                if not reference.startswith(ours):
+                    continue  # a record of another server: not one of ours
+                reference = reference.removeprefix(ours)
+            else:
+                reference = reference.removeprefix(f"{kind}/")
+            if "/" in reference:
                 raise SearchError(f"{name}: a reference to a {kind} ({kind}/<id> or <id>)")
-            if not record_id:
+            if not reference:
                 raise SearchError(f"{name}: a reference without an id")
-            ids.append(record_id)
+            ids.append(reference)
         return (search.Equals(_COLUMNS[name], tuple(ids)),)
 
     return parse
@@ -324,10 +375,13 @@ def _dates(day_column: str | None, instant_column: str | None) -> _Parser:
             value = _DateValue(value.prefix, low, high, True)
         return _range(instant_column, value)
 
-    def parse(name: str, raw: str, modifier: str | None, zone: ZoneInfo) -> search.Criterion:
+    def parse(
+        name: str, raw: str, modifier: str | None, context: SearchContext
+    ) -> search.Criterion:
         _no_modifier(name, modifier)
-        return tuple(one(name, _parse_date(name, text, zone), zone)
-                     for text in _alternatives(name, raw))  # fmt: skip
+        zone = context.zone
+        return tuple(one(name, _parse_date(name, value.text, zone), zone)
+                     for value in _alternatives(name, raw))  # fmt: skip
 
     return parse
 
@@ -355,6 +409,7 @@ PARAMETERS: Mapping[Resource, Mapping[str, _Parser]] = {
 }
 # What every search takes besides its filters.
 CONTROL_PARAMETERS = ("_count", "_total", "_format", "_cursor")
+_COUNT = re.compile(r"[0-9]{1,6}")  # ASCII digits: str.isdigit() would take "²" too
 _JSON_FORMATS = {"json", "application/json", "application/fhir+json"}
 assert set(GENDERS.values()) <= set(_GENDER_CODES)
 
@@ -368,9 +423,21 @@ def _decode_cursor(raw: str) -> str:
         decoded = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise SearchError("_cursor: not a cursor of this API (take it from a next link)") from None
-    if not decoded or len(decoded) > 128 or not raw.isascii():
+    # Every id a page ends on is a FHIR id (others are never served).
+    if not raw.isascii() or not is_fhir_id(decoded):
         raise SearchError("_cursor: not a cursor of this API (take it from a next link)")
     return decoded
+
+
+def check_read_parameters(params: Sequence[tuple[str, str]]) -> None:
+    """A read takes ``_format`` alone: ``_elements`` or ``_summary``, say, would be expected
+    to shape the answer, so they are refused rather than ignored."""
+    check_format(params)
+    for name, _ in params:
+        if name != "_format":
+            raise SearchError(
+                f"{name[:64]}: a read takes no parameter but _format", "not-supported"
+            )
 
 
 def check_format(params: Sequence[tuple[str, str]]) -> None:
@@ -394,7 +461,7 @@ class _Control:
             raise SearchError(f"{name}: given more than once")
         self.given.add(name)
         if name == "_count":
-            if not value.isdigit() or len(value) > 6:
+            if _COUNT.fullmatch(value) is None:
                 raise SearchError(f"_count: a whole number from 0 (capped at {MAX_COUNT})")
             # Over the cap is not an error in FHIR: the server pages in smaller steps.
             self.count = min(int(value), MAX_COUNT)
@@ -408,7 +475,7 @@ class _Control:
 
 
 def parse_search(
-    resource: Resource, params: Sequence[tuple[str, str]], zone: ZoneInfo
+    resource: Resource, params: Sequence[tuple[str, str]], context: SearchContext
 ) -> SearchRequest:
     """The search a query string asks for, or SearchError naming what is wrong."""
     check_format(params)
@@ -435,7 +502,7 @@ def parse_search(
                 f"(supported: {supported})",
                 "not-supported",
             )
-        criteria.append(parser(name, value, modifier if colon else None, zone))
+        criteria.append(parser(name, value, modifier if colon else None, context))
         query.append((full_name, value))
     return SearchRequest(resource, tuple(criteria), control.count, control.after, control.total,
                          tuple(query))  # fmt: skip

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from fhir_r4 import export_fhir, resource_name
+from fhir_r4 import export_fhir
 from healthdock_mirror.access_commands import record_cli_action
 from healthdock_mirror.context import (
     configure_logs,
@@ -17,7 +17,7 @@ from healthdock_mirror.context import (
     settings_or_exit,
 )
 from healthdock_mirror.context import instant as parse_instant_option
-from mirror import AuditAction, Resource
+from mirror import AuditAction
 
 
 @click.group()
@@ -34,13 +34,22 @@ def export() -> None:
 )
 def export_fhir_command(directory: Path, since: datetime | None) -> None:
     """Write Patient.ndjson and Appointment.ndjson (FHIR R4, one resource a line) into
-    DIRECTORY: every live record, or those changed since --since. Tombstoned records are left
-    out. Memory stays flat however large the mirror; files appear whole or not at all.
+    DIRECTORY: every live record, or those the mirror changed since --since; deleted.ndjson,
+    the records deleted since then (bulk data's DELETE Bundles); and manifest.json, whose
+    transactionTime is the next export's --since. Memory stays flat however large the mirror;
+    the files replace an earlier export's together, once all are whole.
 
     The files hold patient data: the export is on the audit trail before it starts.
     """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     settings = settings_or_exit()
     configure_logs(settings)
@@ -52,16 +61,19 @@ def export_fhir_command(directory: Path, since: datetime | None) -> None:
     ) as bar:  # fmt: skip
         current_schema(engine)
         record_cli_action(engine, AuditAction.FHIR_EXPORT, f"{scope}, into {directory}"[:500])
-        tasks = {r: bar.add_task(f"{resource_name(r)}.ndjson", total=None) for r in Resource}
+        tasks: dict[str, TaskID] = {}
+
+        def progress(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=None)
+            bar.update(tasks[name], completed=done, total=total)
+
         try:
-            written = export_fhir(
-                engine,
-                directory,
-                zone=settings.local_timezone,
-                since=since,
-                progress=lambda r, done, total: bar.update(tasks[r], completed=done, total=total),
-            )
+            export = export_fhir(engine, directory, zone=settings.local_timezone, since=since,
+                                 progress=progress)  # fmt: skip
         except OSError as error:
             raise click.ClickException(f"{directory}: {error.strerror or error}") from None
-    for exported in written:
-        click.echo(f"{exported.path}: {exported.resources} {resource_name(exported.resource)}")
+    for exported in export.files:
+        click.echo(f"{exported.path}: {exported.resources} resources")
+    # What the next incremental export passes, also in manifest.json.
+    click.echo(f"next: --since {export.transaction_time.isoformat()}")

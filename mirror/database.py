@@ -276,6 +276,22 @@ def write_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
         return work(connection)
 
 
+def snapshot_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
+    """Run ``work`` in one read-only transaction that sees one snapshot throughout: REPEATABLE
+    READ on PostgreSQL (READ COMMITTED would take a new one at each statement); on SQLite a
+    read transaction in WAL mode keeps the snapshot of its first read."""
+    options: dict[str, Any] = {"sqlite_begin": "DEFERRED"}
+    if engine.dialect.name == "postgresql":
+        options.update(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+    with (
+        unavailable_as_error(),
+        engine.connect().execution_options(**options) as connection,
+        _replaced_when_broken(connection),
+        connection.begin(),
+    ):
+        return work(connection)
+
+
 def read_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
     """Run ``work`` in a read transaction that does not take SQLite's write lock."""
     with (

@@ -81,7 +81,9 @@ patients = Table(
     Column("phone", String(32)),
     Column("abha_number", String(32)),
     *_mirror_columns(),
-    # FHIR's searches (mirror.search); names are searched by FOLDED_NAME_INDEXES below.
+    # FHIR's searches (mirror.search): exact names; prefixes by FOLDED_NAME_INDEXES below.
+    Index(None, "last_name"),
+    Index(None, "first_name"),
     Index(None, "date_of_birth"),
     Index(None, "abha_number"),
     Index(None, "updated_at"),
@@ -110,6 +112,7 @@ appointments = Table(
     Index(None, "status", "date_time"),
     Index(None, "patient_id"),
     Index(None, "local_date"),
+    Index(None, "doctor_id", "local_date"),
     Index(None, "updated_at"),
 )
 

@@ -5,8 +5,9 @@ A search is a list of criteria that must all hold; a criterion holds when any of
 alternatives does (FHIR's ``&`` and ``,``). Pages are keyset pages on the primary key: the
 next page starts after the last id returned, so a record that matches throughout is returned
 exactly once however the mirror changes between pages. Text prefixes compare case-folded
-values in code-point order, which is what the ``lower(...)`` indexes of the migration
-``c4f1d2e8a9b3`` serve on both databases.
+values (every cased letter on PostgreSQL, ASCII letters on SQLite, as each one's ``lower()``)
+in code-point order, which is what the ``lower(...)`` indexes of the migration
+``c4f1d2e8a9b3`` serve on both databases; exact text compares the column as it is.
 """
 
 from __future__ import annotations
@@ -104,11 +105,24 @@ def _folded(table: Table, column: str, postgres: bool) -> ColumnElement[str]:
     return folded.collate("C") if postgres else folded
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _fold(text: str, postgres: bool) -> str:
+    """``text`` as the database's lower() folds it: PostgreSQL folds every cased letter,
+    SQLite's only the ASCII ones (so must the search's text be, to compare equal)."""
+    return text.lower() if postgres else text.translate(_ASCII_LOWER)
+
+
 def _after_prefix(prefix: str) -> str | None:
     """The least string greater than every string that starts with ``prefix``."""
     while prefix and prefix[-1] == "\U0010ffff":
         prefix = prefix[:-1]
-    return prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else None
+    if not prefix:
+        return None
+    following = ord(prefix[-1]) + 1
+    # Surrogates are no characters (no driver can send one): the next character follows them.
+    return prefix[:-1] + chr(0xE000 if 0xD800 <= following <= 0xDFFF else following)
 
 
 def _condition(table: Table, alternative: Alternative, postgres: bool) -> ColumnElement[bool]:
@@ -123,14 +137,12 @@ def _condition(table: Table, alternative: Alternative, postgres: bool) -> Column
     if isinstance(alternative, Equals):
         return table.c[alternative.column].in_(alternative.values)
     if isinstance(alternative, TextMatch):
+        if alternative.exact:
+            return or_(*(table.c[column] == alternative.text for column in alternative.columns))
         matches = []
-        text = alternative.text.lower()
+        text = _fold(alternative.text, postgres)
         for column in alternative.columns:
             folded = _folded(table, column, postgres)
-            if alternative.exact:
-                # The folded value finds the rows by index; the column itself must then agree.
-                matches.append(and_(folded == text, table.c[column] == alternative.text))
-                continue
             high = _after_prefix(text)
             matches.append(folded >= text if high is None else and_(folded >= text, folded < high))
         return or_(*matches)
@@ -164,12 +176,18 @@ def _checked(resource: Resource, criteria: Sequence[Criterion]) -> None:
 
 
 def _where(
-    connection: Connection, resource: Resource, criteria: Sequence[Criterion]
+    connection: Connection,
+    resource: Resource,
+    criteria: Sequence[Criterion],
+    tombstoned: bool,
 ) -> tuple[Table, list[ColumnElement[bool]]]:
     _checked(resource, criteria)
     table = MIRRORED_TABLES[resource.value]
     postgres = connection.dialect.name == "postgresql"
-    conditions: list[ColumnElement[bool]] = [table.c.deleted_at.is_(None)]
+    deleted = table.c.deleted_at
+    conditions: list[ColumnElement[bool]] = [
+        deleted.is_not(None) if tombstoned else deleted.is_(None)
+    ]
     for criterion in criteria:
         conditions.append(or_(*(_condition(table, item, postgres) for item in criterion)))
     return table, conditions
@@ -190,18 +208,25 @@ def search_records(
     *,
     after: str | None,
     limit: int,
+    tombstoned: bool = False,
 ) -> list[FoundRecord]:
-    """Up to ``limit`` live records matching every criterion, by id, after the id ``after``."""
-    table, conditions = _where(connection, resource, criteria)
+    """Up to ``limit`` live records (``tombstoned``: deleted ones) matching every criterion, by
+    id, after the id ``after``."""
+    table, conditions = _where(connection, resource, criteria, tombstoned)
     if after is not None:
         conditions.append(table.c.id > after)
     query = select(table).where(*conditions).order_by(table.c.id).limit(limit)
     return [_found(table, row) for row in connection.execute(query)]
 
 
-def count_records(connection: Connection, resource: Resource, criteria: Sequence[Criterion]) -> int:
-    """How many live records match every criterion."""
-    table, conditions = _where(connection, resource, criteria)
+def count_records(
+    connection: Connection,
+    resource: Resource,
+    criteria: Sequence[Criterion],
+    tombstoned: bool = False,
+) -> int:
+    """How many live records (``tombstoned``: deleted ones) match every criterion."""
+    table, conditions = _where(connection, resource, criteria, tombstoned)
     query = select(func.count()).select_from(table).where(*conditions)
     return int(connection.execute(query).scalar_one())
 
@@ -219,12 +244,14 @@ def iter_records(
     criteria: Sequence[Criterion],
     *,
     batch: int = 1000,
+    tombstoned: bool = False,
 ) -> Iterator[FoundRecord]:
-    """Every live record matching the criteria, by id, read ``batch`` rows at a time (memory
-    stays flat however many there are)."""
+    """Every live record (``tombstoned``: deleted one) matching the criteria, by id, read
+    ``batch`` rows at a time (memory stays flat however many there are)."""
     after: str | None = None
     while True:
-        page = search_records(connection, resource, criteria, after=after, limit=batch)
+        page = search_records(connection, resource, criteria, after=after, limit=batch,
+                              tombstoned=tombstoned)  # fmt: skip
         yield from page
         if len(page) < batch:
             return

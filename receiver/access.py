@@ -24,6 +24,7 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.spec import SecurityRequirement, SecurityScheme
 from sqlalchemy import Engine
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from config import Settings
@@ -138,17 +139,24 @@ def deny(
 def audited(
     connection: ASGIConnection[Any, Any, Any, Any],
     action: str,
-    target: str | None,
+    *targets: str | None,
     outcome: AuditOutcome = AuditOutcome.OK,
 ) -> None:
-    """Append the request's audit row and commit it, in the calling thread (the handlers that
-    return patient data run in one). Raises DatabaseUnavailable (503) when it cannot."""
+    """Append the request's audit rows (one per target: a long list of ids takes several) and
+    commit them together, in the calling thread (the handlers that return patient data run in
+    one). Raises DatabaseUnavailable (503) when it cannot."""
     principal: tokens.Principal = connection.state.principal
-    entry = audit.AuditEntry(principal.name, principal.role, action, target,
-                             client_address(connection), outcome)  # fmt: skip
+    client = client_address(connection)
+    entries = [audit.AuditEntry(principal.name, principal.role, action, target, client, outcome)
+               for target in targets or (None,)]  # fmt: skip
     engine: Engine = connection.app.state.engine
+
+    def record(database: Connection) -> None:
+        for entry in entries:
+            audit.record_audit(database, entry)
+
     try:
-        write_transaction(engine, functools.partial(audit.record_audit, entry=entry))
+        write_transaction(engine, record)
     except SQLAlchemyError as error:
         # Whatever the database's reason, the read is not answered unrecorded; only the
         # error's type is logged (a driver's message can quote the statement).

@@ -23,11 +23,13 @@ from sqlalchemy.engine import Connection
 from config import Settings
 from fhir_r4 import (
     FHIR_JSON,
+    SearchContext,
     SearchError,
     TotalMode,
     appointment_resource,
     capability_statement,
     check_format,
+    check_read_parameters,
     is_fhir_id,
     operation_outcome,
     parse_search,
@@ -103,7 +105,10 @@ def _answer(body: dict[str, Any], status: int = 200) -> Response[Any]:
 
 
 def _base(request: Request[Any, Any, Any]) -> str:
-    return f"{str(request.base_url).rstrip('/')}{FHIR_PATH}"
+    # The configured URL, never the request's Host: a client-chosen host in a next link would
+    # send the next request, token and all, wherever that client said.
+    settings: Settings = request.app.state.settings
+    return f"{settings.base_url}{FHIR_PATH}"
 
 
 def _targets(kind: str, ids: list[str]) -> list[str]:
@@ -142,7 +147,7 @@ def _mapper(request: Request[Any, Any, Any], resource: Resource) -> _Mapper:
 
 
 def _read(request: Request[Any, Any, Any], resource: Resource, record_id: str) -> Response[Any]:
-    check_format(list(request.query_params.multi_items()))
+    check_read_parameters(list(request.query_params.multi_items()))
     kind = resource_name(resource)
     if not is_fhir_id(record_id):
         raise SearchError("the id is not a FHIR id (1-64 letters, digits, - or .)")
@@ -165,9 +170,8 @@ def _read(request: Request[Any, Any, Any], resource: Resource, record_id: str) -
 
 def _search(request: Request[Any, Any, Any], resource: Resource) -> Response[Any]:
     settings: Settings = request.app.state.settings
-    asked = parse_search(
-        resource, list(request.query_params.multi_items()), settings.local_timezone
-    )
+    context = SearchContext(settings.local_timezone, _base(request))
+    asked = parse_search(resource, list(request.query_params.multi_items()), context)
 
     def run(connection: Connection) -> tuple[list[search.FoundRecord], int | None]:
         found: list[search.FoundRecord] = []
@@ -187,18 +191,14 @@ def _search(request: Request[Any, Any, Any], resource: Resource) -> Response[Any
     found, total = read_transaction(engine, run)
     more = len(found) > asked.count
     page = found[: asked.count]
-    # A HealthDock id FHIR cannot carry (see fhir_r4.mapping) is left out of FHIR altogether.
-    shown = [record for record in page if is_fhir_id(record.id)]
     everything = not more and asked.after is None and asked.count > 0
     if total is None and everything and asked.total is not TotalMode.NONE:
-        total = len(shown)  # the first page holds every match: the count is free
-    # A HealthDock id FHIR cannot carry (see mapping) is left out of FHIR altogether.
-    shown = [record for record in page if is_fhir_id(record.id)]
+        total = len(page)  # the first page holds every match: the count is free
+    # Only FHIR ids come back (the search's criteria say so: see fhir_r4.mapping).
     to_resource = _mapper(request, resource)
-    resources = [to_resource(record) for record in shown]
+    resources = [to_resource(record) for record in page]
     kind = resource_name(resource)
-    for target in _targets(kind, [record.id for record in shown]):
-        audited(request, AuditAction.FHIR_SEARCH, target)
+    audited(request, AuditAction.FHIR_SEARCH, *_targets(kind, [record.id for record in page]))
     bundle = searchset(
         _base(request), asked, resources, next_after=page[-1].id if more else None, total=total
     )

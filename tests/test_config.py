@@ -52,6 +52,9 @@ def test_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
         ("HEALTHDOCK_LOG_LEVEL", "chatty", "HEALTHDOCK_LOG_LEVEL"),
         ("HEALTHDOCK_TIMEZONE", "Mars/Olympus_Mons", "HEALTHDOCK_TIMEZONE: unknown time zone"),
         ("HEALTHDOCK_TIMEZONE", "../../etc/passwd", "HEALTHDOCK_TIMEZONE: unknown time zone"),
+        ("HEALTHDOCK_PUBLIC_URL", "mirror.hospital.example", "HEALTHDOCK_PUBLIC_URL"),
+        ("HEALTHDOCK_PUBLIC_URL", "https://h.example:notaport", "HEALTHDOCK_PUBLIC_URL"),
+        ("HEALTHDOCK_PUBLIC_URL", "https://h.example/?next=x", "HEALTHDOCK_PUBLIC_URL"),
     ],
 )
 def test_bad_values_name_the_setting(
@@ -70,3 +73,16 @@ def test_the_zone_of_local_dates(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert load_settings().local_timezone == ZoneInfo("America/New_York")
     monkeypatch.setenv("HEALTHDOCK_TIMEZONE", "")  # as compose files write "unset"
     assert load_settings().local_timezone == ZoneInfo("Asia/Kolkata")
+
+
+def test_the_public_url_is_the_base_of_links(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("HEALTHDOCK_PUBLIC_URL", "HEALTHDOCK_HOST", "HEALTHDOCK_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    assert load_settings().base_url == "http://127.0.0.1:8080"
+    monkeypatch.setenv("HEALTHDOCK_HOST", "0.0.0.0")
+    assert load_settings().base_url == "http://127.0.0.1:8080"
+    monkeypatch.setenv("HEALTHDOCK_PUBLIC_URL", "https://mirror.hospital.example/healthdock/")
+    assert load_settings().base_url == "https://mirror.hospital.example/healthdock"

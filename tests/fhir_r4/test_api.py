@@ -121,6 +121,21 @@ def test_tombstoned_unknown_and_malformed_ids(fhir: TestClient[Litestar]) -> Non
     outcome(fhir.post("/fhir/Patient", headers=AUTH, json={}), 405)
 
 
+def test_a_read_refuses_parameters_that_would_shape_it(fhir: TestClient[Litestar]) -> None:
+    assert "_elements" in outcome(get(fhir, "Patient/PAT001", _elements="id"), 400)
+    assert "_summary" in outcome(get(fhir, "Appointment/APT001", _summary="true"), 400)
+
+
+def test_links_name_the_configured_base_never_the_requests_host(
+    fhir: TestClient[Litestar],
+) -> None:
+    headers = {**AUTH, "Host": "evil.example"}
+    bundle = fhir.get("/fhir/Patient", params={"_count": "1"}, headers=headers).json()
+    urls = [link["url"] for link in bundle["link"]] + [e["fullUrl"] for e in bundle["entry"]]
+    assert all(url.startswith("http://127.0.0.1:8080/fhir/") for url in urls), urls
+    assert fhir.get("/fhir/metadata", headers={"Host": "x:notaport"}).status_code == 200
+
+
 def test_only_json_is_served(fhir: TestClient[Litestar]) -> None:
     assert get(fhir, "Patient/PAT001", _format="json").status_code == 200
     assert get(fhir, "Patient/PAT001", _format="application/fhir+json").status_code == 200
@@ -155,6 +170,8 @@ def test_only_json_is_served(fhir: TestClient[Litestar]) -> None:
         ({"gender": "male,other"}, ["PAT002", "PAT004"]),
         ({"gender": "http://hl7.org/fhir/administrative-gender|male"}, ["PAT002"]),
         ({"gender": "unknown"}, []),
+        ({"gender": "|female"}, []),  # |code: a code without a system, none of ours
+        ({"identifier": "PAT00\\|1"}, []),  # an escaped bar is part of the value
         ({"identifier": f"{ABHA_SYSTEM}|12345678901234"}, ["PAT001"]),
         ({"identifier": f"{ABHA_SYSTEM}|12-3456-7890-1234"}, ["PAT001"]),
         ({"identifier": "98765432109876"}, ["PAT003"]),  # stored with hyphens
@@ -191,7 +208,8 @@ def test_patient_search(
         ({"date": "lt2026-03-05T04:30:00Z"}, ["APT002"]),
         ({"patient": "Patient/PAT001"}, ["APT001", "APT002"]),
         ({"patient": "PAT002"}, ["APT003"]),  # APT005 is tombstoned
-        ({"patient": "http://elsewhere.example/fhir/Patient/PAT003"}, ["APT004"]),
+        ({"patient": "http://127.0.0.1:8080/fhir/Patient/PAT003"}, ["APT004"]),  # our base
+        ({"patient": "http://elsewhere.example/fhir/Patient/PAT003"}, []),  # another server's
         ({"practitioner": "Practitioner/DOC01"}, ["APT001", "APT003", "APT004"]),
         ({"practitioner": "DOC01", "date": "2026-03-05"}, ["APT003"]),
         ({"status": "booked"}, ["APT001", "APT004"]),
@@ -227,6 +245,11 @@ def test_appointment_search(
         ({"_cursor": "%%%"}, "_cursor"),
         ({"family": "a,,b"}, "family"),
         ({"family": "x" * 300}, "family"),
+        ({"_count": "²"}, "_count"),  # a digit to str.isdigit(), not to int()
+        ({"_cursor": "AA"}, "_cursor"),  # decodes to NUL
+        ({"_lastUpdated": "9999-12-31T23:59Z"}, "_lastUpdated"),  # its minute ends past 9999
+        ({"_lastUpdated": "9999-12-31T20:00-05:00"}, "_lastUpdated"),
+        ({"birthdate": "2000-01-01", "_lastUpdated": "0001-01-01T01:00+05:30"}, "_lastUpdated"),
     ],
 )
 def test_a_bad_or_unsupported_parameter_is_a_400_naming_it(
@@ -243,6 +266,45 @@ def test_appointment_parameters_are_checked_too(fhir: TestClient[Litestar]) -> N
     assert "family" in outcome(get(fhir, "Appointment", family="sha"), 400)
     assert "status" in outcome(get(fhir, "Appointment", status="done"), 400)
     assert "patient" in outcome(get(fhir, "Appointment", patient="Practitioner/DOC01"), 400)
+
+
+def test_names_beyond_ascii(fhir: TestClient[Litestar], seeded: Engine) -> None:
+    seed(seeded, [{"id": "PAT077", "first_name": "Émile", "last_name": "Öztürk"}], [])
+    assert ids(search(fhir, "Patient", {"family:exact": "Öztürk"})) == ["PAT077"]
+    assert ids(search(fhir, "Patient", {"given:exact": "Émile"})) == ["PAT077"]
+    assert ids(search(fhir, "Patient", {"family": "Öz"})) == ["PAT077"]
+    assert ids(search(fhir, "Patient", {"family": "ÖZT"})) == ["PAT077"]  # ASCII letters fold
+    folded = ids(search(fhir, "Patient", {"family": "öz"}))
+    # PostgreSQL's lower() folds every cased letter; SQLite's only ASCII ones (README says so).
+    assert folded == (["PAT077"] if seeded.dialect.name == "postgresql" else [])
+    # The character before the surrogates: the prefix's upper bound must skip them.
+    assert ids(search(fhir, "Patient", {"family": "\ud7ff"})) == []
+
+
+def test_appointment_times_are_whole_even_when_healthdock_left_some_out(
+    fhir: TestClient[Litestar], seeded: Engine
+) -> None:
+    from fhir.resources.R4B.appointment import Appointment
+
+    seed(seeded, [], [
+        {"id": "APT090", "patient_id": "PAT001", "date_time": "2026-06-01T09:00:00+05:30",
+         "duration": None, "status": "scheduled"},
+        {"id": "APT091", "patient_id": "PAT001", "status": "scheduled"},
+        {"id": "APT092", "patient_id": "PAT001", "date_time": "2026-06-01T10:00:00+05:30",
+         "duration": 0, "status": "scheduled"},
+    ])  # fmt: skip
+    untimed_length = get(fhir, "Appointment/APT090").json()
+    assert untimed_length["end"] == "2026-06-01T09:30:00+05:30"  # HealthDock's default, 30
+    assert untimed_length["minutesDuration"] == 30
+    untimed = get(fhir, "Appointment/APT091").json()
+    assert "start" not in untimed
+    assert untimed["_start"]["extension"][0]["valueCode"] == "unknown"
+    assert untimed["_end"] == untimed["_start"]
+    instant_one = get(fhir, "Appointment/APT092").json()
+    assert instant_one["start"] == instant_one["end"]
+    assert "minutesDuration" not in instant_one
+    for body in (untimed_length, untimed, instant_one):
+        Appointment.model_validate(body)
 
 
 def test_count_is_capped_and_zero_asks_for_the_total(fhir: TestClient[Litestar]) -> None:

@@ -27,7 +27,9 @@ NAMES = ["family", "family:exact", "given", "name", "birthdate", "gender", "iden
          "practitioner", "status", "_sort", "family:contains", "x", ""]  # fmt: skip
 FHIRISH = st.sampled_from(["ge", "lt", "ne", "eq", "sa", "2026", "-03", "-05", "T10:00", "Z",
                            "+05:30", "|", ",", "\\", "Patient/", "male", "booked", "%", "_",
-                           "\x00", "é", "\U0010ffff", " ", "1990-01-01", "999999999"])  # fmt: skip
+                           "\x00", "é", "\U0010ffff", " ", "1990-01-01", "999999999",
+                           "\ud7ff", "²", "AA", "9999-12-31T23:59Z", "0001-01-01T00:00+05:30",
+                           "T20:00-05:00", "http://127.0.0.1:8080/fhir/Patient/"])  # fmt: skip
 VALUES = st.one_of(st.text(max_size=40), st.lists(FHIRISH, max_size=6).map("".join))
 
 

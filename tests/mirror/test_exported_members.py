@@ -35,7 +35,7 @@ def test_exported_members() -> None:
             "read_event", "read_feed",
             "read_transaction", "reconcile_event", "record_counts", "record_row",
             "record_timeline", "record_write", "replay", "require_current", "runs", "search",
-            "sessions", "sqlite_file", "storable_headers", "store_events",
+            "sessions", "snapshot_transaction", "sqlite_file", "storable_headers", "store_events",
             "sync_requests", "tokens", "unavailable_as_error", "unlisted_records",
             "unreadable_event", "unsettled_counts", "upgrade", "write_transaction"
         ]
