@@ -20,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -192,6 +194,7 @@ def _sqlite_engine(database_url: str, timeout_seconds: float, execution: dict[st
         mode = connection.get_execution_options().get("sqlite_begin", "IMMEDIATE")
         connection.exec_driver_sql(f"BEGIN {mode}")
 
+    _SQLITE_WRITERS[engine] = threading.RLock()
     return engine
 
 
@@ -265,9 +268,17 @@ def _replaced_when_broken(connection: Connection) -> Iterator[None]:
         raise
 
 
+# SQLite has one writer at a time, and a writer that finds the lock taken sleeps in its busy
+# handler's steps (1, 2, 5 ... 100 ms) before it looks again: threads of one process that write
+# at once (a page of audit rows per FHIR search) queued that way for up to 100 ms each. They
+# queue on a lock of the process instead, which hands over the moment a writer is done.
+_SQLITE_WRITERS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
+
+
 def write_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
     """Run ``work`` in one short write transaction; unavailability raises DatabaseUnavailable."""
     with (
+        _SQLITE_WRITERS.get(engine) or contextlib.nullcontext(),
         unavailable_as_error(),
         engine.connect() as connection,
         _replaced_when_broken(connection),

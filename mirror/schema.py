@@ -111,7 +111,8 @@ appointments = Table(
     Index(None, "doctor_id", "date_time"),
     Index(None, "status", "date_time"),
     Index(None, "patient_id"),
-    Index(None, "local_date"),
+    # A local day's appointments in id order: FHIR's date search pages through them unsorted.
+    Index(None, "local_date", "id"),
     Index(None, "doctor_id", "local_date"),
     Index(None, "updated_at"),
 )

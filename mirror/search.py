@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Table, and_, func, not_, or_, select, true
@@ -47,6 +47,7 @@ _SEARCHABLE = {
                            "updated_at", "mirrored_at"},
 }  # fmt: skip
 _TEXT = {"first_name", "last_name"}
+_DAY = timedelta(days=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +148,11 @@ def _condition(table: Table, alternative: Alternative, postgres: bool) -> Column
             matches.append(folded >= text if high is None else and_(folded >= text, folded < high))
         return or_(*matches)
     bounded = table.c[alternative.column]
+    low = alternative.low
+    a_day = isinstance(low, date) and not isinstance(low, datetime) and not alternative.outside
+    if a_day and low is not None and alternative.high == low + _DAY:
+        # A day, as equality: the planners then take (local_date, id) in id order, unsorted.
+        return bounded == low
     bounds = []
     if alternative.low is not None:
         bounds.append(bounded >= _utc(alternative.low))

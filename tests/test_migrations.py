@@ -42,7 +42,7 @@ def test_analytics_indexes_exist(database_url: str) -> None:
         ("doctor_id", "date_time"),
         ("status", "date_time"),
         ("patient_id",),
-        ("local_date",),
+        ("local_date", "id"),
     } <= indexed
     engine.dispose()
 
