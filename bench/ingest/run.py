@@ -258,9 +258,12 @@ class Run:
     database: str
     server: str
     round: int
-    measured: WrkRun
+    measured: WrkRun  # with --consecutive, the last of the runs on one server
     warmup: WrkRun | None
     loadavg_before: tuple[float, float, float]
+    # Every measured run on the server, in order (one unless --consecutive): whether the rate
+    # holds while one server runs on, as the table it grows.
+    consecutive: list[WrkRun] = field(default_factory=list)
     acknowledged: int | None = None  # 2xx in warm-up and measurement together
     stored: int | None = None
     stored_by_status: dict[str, int] = field(default_factory=dict)
@@ -358,12 +361,15 @@ def one_run(
         log,
     ) as process:
         warmup = run_wrk(wrk, url, events, args, args.warmup, 0) if args.warmup > 0 else None
+        start = warmup.next_start if warmup else 0
+        earlier: list[WrkRun] = []
+        for _ in range(args.consecutive - 1):
+            earlier.append(run_wrk(wrk, url, events, args, args.duration, start))
+            start = earlier[-1].next_start
         server_before, machine_before = _process_cpu_seconds(process.pid), _machine_cpu()
-        measured = run_wrk(
-            wrk, url, events, args, args.duration, warmup.next_start if warmup else 0
-        )
+        measured = run_wrk(wrk, url, events, args, args.duration, start)
         server_after, machine_after = _process_cpu_seconds(process.pid), _machine_cpu()
-        run = Run(kind, server, round_number, measured, warmup, loadavg)
+        run = Run(kind, server, round_number, measured, warmup, loadavg, [*earlier, measured])
         # Per second of measurement; wrk's event loading before its clock starts adds ~nothing.
         run.server_cpu_pct = 100 * (server_after - server_before) / measured.duration_s
         busy, total = (a - b for a, b in zip(machine_after, machine_before, strict=True))
@@ -373,7 +379,7 @@ def one_run(
             # not after a graceful shutdown has flushed whatever was queued.
             run.stored_by_status = stored_events(kind, database_url)
             run.stored = sum(run.stored_by_status.values())
-            run.acknowledged = measured.ok + (warmup.ok if warmup else 0)
+            run.acknowledged = sum(m.ok for m in run.consecutive) + (warmup.ok if warmup else 0)
     run.exit_code = process.returncode
     run.log_problems = [
         line
@@ -569,6 +575,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=2,
         help="seconds of unmeasured load before each run (0: none)",
     )
+    parser.add_argument(
+        "--consecutive",
+        type=int,
+        default=1,
+        help="measured runs back to back on each server start; the last is reported",
+    )
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (-t)")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (-c)")
     parser.add_argument(
@@ -633,10 +645,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def events_needed(args: argparse.Namespace) -> int:
     if args.events:
         return int(args.events)
-    # One server start consumes warm-up + measurement; the file restarts at 0 for the next one.
+    # One server start consumes warm-up + measurements; the file restarts at 0 for the next one.
     # 1.5x headroom, plus what is in flight when each wrk stops.
-    seconds = args.warmup + args.duration
-    return int(args.max_rate * seconds * 1.5) + 4 * int(args.connections)
+    seconds = args.warmup + args.duration * args.consecutive
+    return int(args.max_rate * seconds * 1.5) + 4 * (1 + args.consecutive) * int(args.connections)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -687,6 +699,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         if run.stored is None
                         else f", acknowledged {run.acknowledged} / stored {run.stored}"
                     )
+                    if len(run.consecutive) > 1:
+                        rates = " -> ".join(f"{c.requests_per_s:.0f}" for c in run.consecutive)
+                        p99s = " -> ".join(f"{c.p99_ms:.1f}" for c in run.consecutive)
+                        print(f"  consecutive runs: {rates} req/s, p99 {p99s} ms", flush=True)
                     print(
                         f"{kind} round {round_number} {server}: {m.requests_per_s:.0f} req/s, "
                         f"p50 {m.p50_ms:.2f} ms, p99 {m.p99_ms:.2f} ms, non-2xx {m.non2xx}{extra}",
