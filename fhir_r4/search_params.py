@@ -258,9 +258,9 @@ def _text(columns: tuple[str, ...]) -> _Parser:
     return parse
 
 
-def _token(system: str, codes: Mapping[str, tuple[str, ...]]) -> _Parser:
-    """A coded parameter: each FHIR code stands for these mirror values (none: valid, but
-    nothing in the mirror has it)."""
+def _token(column: str, system: str, codes: Mapping[str, tuple[str, ...]]) -> _Parser:
+    """A coded parameter over ``column``: each FHIR code stands for these mirror values (none:
+    valid, but nothing in the mirror has it)."""
 
     def parse(name: str, raw: str, modifier: str | None, _: SearchContext) -> search.Criterion:
         _no_modifier(name, modifier)
@@ -272,14 +272,10 @@ def _token(system: str, codes: Mapping[str, tuple[str, ...]]) -> _Parser:
             if code not in codes:
                 raise SearchError(f"{name}: unknown code (use one of {', '.join(codes)})")
             values += codes[code]
-        return (search.Equals(_COLUMNS[name], tuple(values)),)
+        return (search.Equals(column, tuple(values)),)
 
     return parse
 
-
-# Which column a token or reference parameter compares, by its name.
-_COLUMNS = {"gender": "gender", "status": "status", "patient": "patient_id",
-            "practitioner": "doctor_id"}  # fmt: skip
 
 _GENDER_CODES = {
     "male": ("M",),
@@ -331,7 +327,7 @@ def _ids(name: str, raw: str, modifier: str | None, _: SearchContext) -> search.
     return (search.Equals("id", tuple(value.text for value in _alternatives(name, raw))),)
 
 
-def _reference(kind: str) -> _Parser:
+def _reference(column: str, kind: str) -> _Parser:
     def parse(
         name: str, raw: str, modifier: str | None, context: SearchContext
     ) -> search.Criterion:
@@ -351,7 +347,7 @@ def _reference(kind: str) -> _Parser:
             if not reference:
                 raise SearchError(f"{name}: a reference without an id")
             ids.append(reference)
-        return (search.Equals(_COLUMNS[name], tuple(ids)),)
+        return (search.Equals(column, tuple(ids)),)
 
     return parse
 
@@ -394,16 +390,16 @@ PARAMETERS: Mapping[Resource, Mapping[str, _Parser]] = {
         "given": _text(("first_name",)),
         "name": _text(("last_name", "first_name")),
         "birthdate": _dates("date_of_birth", None),
-        "gender": _token("http://hl7.org/fhir/administrative-gender", _GENDER_CODES),
+        "gender": _token("gender", "http://hl7.org/fhir/administrative-gender", _GENDER_CODES),
         "_lastUpdated": _dates(None, "updated_at"),
     },
     Resource.APPOINTMENT: {
         "_id": _ids,
         "identifier": _identifier(APPOINTMENT_ID_SYSTEM, abha=False),
         "date": _dates("local_date", "date_time"),
-        "patient": _reference("Patient"),
-        "practitioner": _reference("Practitioner"),
-        "status": _token("http://hl7.org/fhir/appointmentstatus", _STATUS_CODES),
+        "patient": _reference("patient_id", "Patient"),
+        "practitioner": _reference("doctor_id", "Practitioner"),
+        "status": _token("status", "http://hl7.org/fhir/appointmentstatus", _STATUS_CODES),
         "_lastUpdated": _dates(None, "updated_at"),
     },
 }

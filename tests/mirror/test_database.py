@@ -110,3 +110,40 @@ def test_a_uri_that_may_not_create_the_file_creates_none(usual_umask: Path, mode
     with pytest.raises(DatabaseUnavailable, match="unable to open"):
         opened_file(f"sqlite:///file:{usual_umask}/mirror.db?uri=true&mode={mode}")
     assert list(usual_umask.iterdir()) == []
+
+
+def test_postgresql_sessions_plan_each_statement_for_its_values(postgres_url: str) -> None:
+    """A generic plan made while the mirror was small (a scan of patients) must not outlive
+    the table's growth: every session plans for the values it runs with."""
+    engine = create_mirror_engine(postgres_url)
+    try:
+        with engine.connect() as connection:
+            mode = connection.exec_driver_sql("SHOW plan_cache_mode").scalar()
+        assert mode == "force_custom_plan"
+    finally:
+        engine.dispose()
+
+
+def test_a_pooled_connection_that_died_while_idle_is_replaced(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connections idle past the threshold are tested at checkout: one whose server process
+    is gone (a restart) is swapped for a new one, and the transaction never sees it."""
+    import mirror.database
+
+    monkeypatch.setattr(mirror.database, "_PING_AFTER_IDLE_SECONDS", 0.0)
+    engine = create_mirror_engine(postgres_url)
+    other = create_mirror_engine(postgres_url)
+    try:
+        first = write_transaction(
+            engine, lambda c: c.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        )
+        with other.begin() as connection:
+            connection.exec_driver_sql(f"SELECT pg_terminate_backend({int(first)}, 5000)")
+        second = write_transaction(
+            engine, lambda c: c.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        )
+        assert second != first
+    finally:
+        engine.dispose()
+        other.dispose()
