@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 
-from fhir_r4 import export_fhir
 from healthdock_mirror.access_commands import record_cli_action
 from healthdock_mirror.context import (
     configure_logs,
@@ -50,6 +49,8 @@ def export_fhir_command(directory: Path, since: datetime | None) -> None:
         TextColumn,
         TimeElapsedColumn,
     )
+
+    from fhir_r4 import export_fhir
 
     settings = settings_or_exit()
     configure_logs(settings)

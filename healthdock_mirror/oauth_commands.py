@@ -24,7 +24,6 @@ from urllib.parse import urlsplit
 
 import click
 import httpx
-import uvicorn
 from sqlalchemy import Engine
 
 from config import ApiAuth, Settings
@@ -48,7 +47,6 @@ from mirror import (
     read_transaction,
     write_transaction,
 )
-from receiver import callback_app
 from sync import oauth as oauth_flow
 
 _POLL_SECONDS = 0.2
@@ -187,6 +185,11 @@ async def _callback_listener(engine: Engine, redirect_uri: str) -> AsyncIterator
             ) from None
         yield f"the receiver on {host}:{port} takes the callback"
         return
+    # Imported here: the web stack costs every other command a fifth of a second to import.
+    import uvicorn
+
+    from receiver import callback_app
+
     server = uvicorn.Server(
         uvicorn.Config(
             callback_app(engine), lifespan="off", ws="none", log_config=None, access_log=False,

@@ -2,10 +2,12 @@
 
 Run by ``bench/sync/run.py`` as a script in its own process, like our ``healthdock-mirror sync
 patients``, and timed the same way (the whole command). It imports nothing of the project.
-dlt's defaults are kept (sequential page fetching, one normalize worker, ``append``), apart
-from what the API needs: page-number pagination from page 1 with ``page``/``limit``, the
-total from ``data.pagination.total_pages``, the records from ``data.patients``, and a
-bearer token.
+The resource is configured as a mirror needs it: ``write_disposition="merge"`` with
+``primary_key="id"``, so a second run updates rows instead of adding them (``--write-disposition
+append`` gives dlt's default, which a mirror cannot use). Everything else is dlt's default
+(sequential page fetching, one normalize worker), apart from what the API needs: page-number
+pagination from page 1 with ``page``/``limit``, the total from
+``data.pagination.total_pages``, the records from ``data.patients``, and a bearer token.
 
     python bench/sync/dlt_load.py --base-url http://127.0.0.1:8251 --api-key fake-api-key \\
         --destination sqlite:////tmp/x.db --pipelines-dir /tmp/dlt-pipelines
@@ -38,6 +40,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--pipelines-dir", required=True, help="dlt's working directory")
     parser.add_argument("--pipeline-name", default="bench_sync")
+    parser.add_argument(
+        "--write-disposition",
+        choices=("merge", "append"),
+        default="merge",
+        help="merge on primary key id (what a mirror needs; the default) or dlt's append",
+    )
     parser.add_argument(
         "--dataset", default="", help="schema (postgres); default main (sqlite) / healthdock"
     )
@@ -73,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "resources": [
                 {
                     "name": "patients",
+                    "write_disposition": args.write_disposition,
+                    "primary_key": "id",
                     "endpoint": {
                         "path": "patients",
                         "params": {"limit": PAGE_SIZE},
@@ -97,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             {
                 "dlt_version": dlt.__version__,
                 "dataset": dataset,
+                "write_disposition": args.write_disposition,
                 "import_s": imported - began,
                 "run_s": finished - imported,
                 "row_counts": dict(rows or {}),
