@@ -21,7 +21,7 @@ from sqlalchemy import ColumnElement, bindparam, case, func, select, text, updat
 from sqlalchemy.engine import Connection
 
 from mirror.database import as_utc
-from mirror.driver import Driver, unnest
+from mirror.driver import JSON_ROWS, Driver, encode_rows, json_rows
 from mirror.events import Event, RecordWrite, Resource
 from mirror.schema import UNSETTLED_EVENTS, webhook_events
 from mirror.states import UNSETTLED, Effect, EventSource, EventStatus
@@ -138,12 +138,15 @@ _COLUMNS = (
 )  # fmt: skip
 _NAMES = [name for name, _ in _COLUMNS]
 _RETURNING = "ON CONFLICT (dedup_key, source) DO NOTHING RETURNING seq, source, dedup_key"
-# PostgreSQL: one statement over column arrays, whatever the number of rows. Each row also
-# records its transaction's id, which orders the change feed (mirror.feed).
-_INSERT_UNNEST = (
+# PostgreSQL: one statement over the rows as one JSON document (mirror.driver.json_rows),
+# whatever their number; the body travels as hex. Each row also records its transaction's id,
+# which orders the change feed (mirror.feed).
+_JSON_COLUMNS = [(name, "text" if kind == "bytea" else kind) for name, kind in _COLUMNS]
+_SELECTED = [f"decode(v.{name}, 'hex')" if kind == "bytea" else name for name, kind in _COLUMNS]
+_INSERT_JSON = (
     f"INSERT INTO webhook_events ({', '.join(_NAMES)}, txid) "
-    f"SELECT {', '.join(_NAMES)}, pg_current_xact_id()::text::bigint "
-    f"FROM {unnest(_COLUMNS)} {_RETURNING}"
+    f"SELECT {', '.join(_SELECTED)}, pg_current_xact_id()::text::bigint "
+    f"FROM {json_rows(_JSON_COLUMNS)} {_RETURNING}"
 )
 
 
@@ -194,8 +197,8 @@ def store_events(
     if not rows:
         return {}
     if driver.postgres:
-        arrays = {name: [row[i] for row in rows] for i, name in enumerate(_NAMES)}
-        results = [driver.execute(connection, _INSERT_UNNEST, arrays)]
+        document = encode_rows([_json_row(row) for row in rows])
+        results = [driver.execute(connection, _INSERT_JSON, {JSON_ROWS: document})]
     else:
         results = []
         for start in range(0, len(rows), _ROWS_PER_INSERT):
@@ -227,6 +230,14 @@ def _row(driver: Driver, item: IncomingEvent, outcome: Outcome, now: object) -> 
         driver.json([list(pair) for pair in item.headers]),
         item.body,
     )
+
+
+def _json_row(row: tuple[object, ...]) -> dict[str, object]:
+    """A row of :func:`_row` as :data:`_INSERT_JSON` reads it: the body in hex."""
+    item = dict(zip(_NAMES, row, strict=True))
+    body = item["body"]
+    item["body"] = body.hex() if isinstance(body, bytes | bytearray | memoryview) else None
+    return item
 
 
 # --- replay outcomes and payload retention ------------------------------------------------

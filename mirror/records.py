@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql.expression import ColumnElement
 
 from mirror.database import as_utc, local_timezone
-from mirror.driver import BulkStatement, Driver, unnest
+from mirror.driver import BulkStatement, Driver, json_rows
 from mirror.events import RecordWrite, Resource
 from mirror.guard import RecordState, merge
 from mirror.schema import MIRRORED_TABLES, appointments
@@ -181,10 +181,10 @@ class _Statements:
         inserted = [("id", "text"), *content, *_BOOKKEEPING, _SEEN]
         names = ", ".join(name for name, _ in inserted)
         self.insert = BulkStatement(
-            [name for name, _ in inserted],
+            inserted,
             sqlite=f"INSERT INTO {table} ({names}) "
             f"VALUES ({', '.join(f':{name}' for name, _ in inserted)})",
-            postgres=f"INSERT INTO {table} ({names}) SELECT {names} FROM {unnest(inserted)} "
+            postgres=f"INSERT INTO {table} ({names}) SELECT {names} FROM {json_rows(inserted)} "
             "ON CONFLICT (id) DO NOTHING RETURNING id",
         )
         # Only the delete changed: the row's last known content stays as it is.
@@ -202,11 +202,11 @@ def _update(table: str, columns: Sequence[tuple[str, str]]) -> BulkStatement:
         return f"{name} = {value}"
 
     return BulkStatement(
-        ["id", *names],
+        [("id", "text"), *columns],
         sqlite=f"UPDATE {table} SET {', '.join(assign(n, f':{n}') for n in names)} WHERE id = :id",
         postgres=(
             f"UPDATE {table} SET {', '.join(assign(n, f'v.{n}') for n in names)} "
-            f"FROM {unnest([('id', 'text'), *columns])} WHERE {table}.id = v.id"
+            f"FROM {json_rows([('id', 'text'), *columns])} WHERE {table}.id = v.id"
         ),
     )
 
@@ -379,11 +379,11 @@ def _row(
 _LOCAL_DATE_ROWS = [("id", "text"), ("date_time", "timestamptz"), ("local_date", "date"),
                     ("mirrored_at", "timestamptz")]  # fmt: skip
 _SET_LOCAL_DATE = BulkStatement(
-    [name for name, _ in _LOCAL_DATE_ROWS],
+    _LOCAL_DATE_ROWS,
     sqlite="UPDATE appointments SET local_date = :local_date, mirrored_at = :mirrored_at "
     "WHERE id = :id",
     postgres="UPDATE appointments SET local_date = v.local_date, mirrored_at = v.mirrored_at "
-    f"FROM {unnest(_LOCAL_DATE_ROWS)} "
+    f"FROM {json_rows(_LOCAL_DATE_ROWS)} "
     "WHERE appointments.id = v.id AND appointments.date_time IS NOT DISTINCT FROM v.date_time",
 )
 
