@@ -1,13 +1,16 @@
 """Sync benchmark: our reconciler against the fake HealthDock, in three parts.
 
 - ``throughput`` (a): records per second that ``healthdock-mirror sync patients`` mirrors
-  from the fake with no rate limit, next to dlt's ``rest_api`` source loading the same fake
-  into the same kind of database; rounds alternate ours and dlt (ABBA), every run on an empty
-  database, on SQLite and PostgreSQL, once without and once with per-request latency.
+  from the fake with no rate limit, and its CPU seconds per record, next to dlt's
+  ``rest_api`` source (merging on ``id``) loading the same fake into the same kind of
+  database; rounds alternate ours and dlt (ABBA), each tool's first pass on an empty
+  database, then its second pass into the same one with nothing changed upstream (the
+  steady state), on SQLite and PostgreSQL, without latency at each ``--patients`` size and
+  with per-request latency.
 - ``ratelimit`` (b): wall time of a reconcile under a rate limit against the theoretical
   minimum (pages / the requests per second our share of the limit allows), with 429s.
-- ``memory`` (c): peak RSS of ``healthdock-mirror sync patients`` at 10,000 and 200,000
-  patients (SQLite), the fake serving from a process of its own.
+- ``memory`` (c): peak RSS of ``healthdock-mirror sync patients`` at 10,000, 200,000 and
+  1,000,000 patients (SQLite), the fake serving from a process of its own.
 
 Every measured command runs in a process of its own and is timed whole (start-up included).
 Prints a Markdown table per part and writes the raw numbers to bench/sync/results/.
@@ -64,10 +67,17 @@ OUR_COMMANDS = ("ours", BASELINE)
 # A benchmark-only dependency: the runner installs it into this interpreter when missing.
 DLT_REQUIREMENT = "dlt[sqlalchemy,postgres]>=1.31,<2"
 PAGE_SIZE = 100  # the API's largest page; ours and dlt both ask for it
-# Goals, from the issue.
-GOAL_THROUGHPUT_RATIO = 5.0
+# Goals, from the issues.
+GOAL_THROUGHPUT_RATIO = 5.0  # (a) ours' records/s against dlt's, every scenario
+GOAL_CPU_PER_RECORD_RATIO = 0.5  # (a) ours' CPU per record against dlt's, at most (no latency)
+GOAL_LATENCY_WALL_RATIO = 8.0  # (a) dlt's wall time against ours', at least (latency)
+GOAL_STEADY_RECORDS_PER_CPU_S = 50_000  # (a) ours' second pass, at least
+GOAL_STEADY_PATIENTS = 200_000  # ... at this size (no latency)
 GOAL_RATELIMIT_SLACK = 1.10
-GOAL_MEMORY_RATIO = 1.3
+GOAL_MEMORY_RATIO = 1.2  # (c) "flat": peak RSS at the largest size against the smallest
+# The passes of (a): into the empty database, then again with nothing changed upstream.
+FIRST_PASS, SECOND_PASS = 1, 2
+DLT_WRITE_DISPOSITIONS = ("merge", "append")
 # Lines of a command's log that mean something went wrong during a run.
 LOG_PROBLEMS = ("WARNING", "ERROR", "CRITICAL", "Traceback")
 
@@ -128,12 +138,14 @@ class Measured:
     wall_s: float
     returncode: int
     timed_out: bool
-    cpu_s: float
+    cpu_s: float  # user + system CPU seconds of the process (and of anything it waited for)
     max_rss_kib: int  # the kernel's peak resident set (ru_maxrss)
     hwm_kib: int | None  # the last VmHWM read while it ran: a cross-check of max_rss_kib
     rss_samples: list[tuple[float, int]]  # (seconds since start, VmRSS KiB)
     stdout_tail: str = ""
     result: dict[str, Any] | None = None  # the BENCH_RESULT line, for dlt
+    user_s: float = 0.0
+    sys_s: float = 0.0
 
 
 def run_measured(
@@ -207,6 +219,8 @@ def run_measured(
         rss_samples=samples,
         stdout_tail="\n".join(text.splitlines()[-15:]),
         result=json.loads(marker.removeprefix(RESULT_MARKER)) if marker else None,
+        user_s=usage.ru_utime,
+        sys_s=usage.ru_stime,
     )
 
 
@@ -338,9 +352,12 @@ def fresh_database(kind: str, workdir: Path, label: str, args: argparse.Namespac
 
 
 def remove_sqlite(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        with suppress(FileNotFoundError):
-            Path(f"{path}{suffix}").unlink()
+    """The file, its WAL and journal, and the files of the other datasets dlt's sqlalchemy
+    destination keeps beside it (``<name>__main_staging.db``: its merge's staging tables)."""
+    for database in [path, *path.parent.glob(f"{path.stem}__*{path.suffix}")]:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with suppress(FileNotFoundError):
+                Path(f"{database}{suffix}").unlink()
 
 
 def discard_database(kind: str, url: str, args: argparse.Namespace) -> None:
@@ -463,9 +480,11 @@ def run_ours(
     )
 
 
-def run_dlt(url: str, fake: Fake, workdir: Path, label: str, args: argparse.Namespace) -> Measured:
-    pipelines = workdir / f"{label}-dlt-pipelines"
-    shutil.rmtree(pipelines, ignore_errors=True)
+def run_dlt(
+    url: str, fake: Fake, workdir: Path, label: str, args: argparse.Namespace, pipelines: Path
+) -> Measured:
+    """``dlt_load.py`` into ``url``, with dlt's working directory ``pipelines``: the caller
+    empties it before a first pass and keeps it for the second (a deployed pipeline's state)."""
     env = {
         # dlt reports every run to its telemetry endpoint unless told not to.
         "RUNTIME__DLTHUB_TELEMETRY": "false",
@@ -483,19 +502,18 @@ def run_dlt(url: str, fake: Fake, workdir: Path, label: str, args: argparse.Name
         url,
         "--pipelines-dir",
         str(pipelines),
+        "--write-disposition",
+        args.dlt_write_disposition,
+        "--primary-keys" if args.dlt_primary_keys else "--no-primary-keys",
     ]
-    try:
-        return run_measured(
-            command,
-            {**_base_env(), **env},
-            workdir,
-            workdir / f"{label}.log",
-            args.timeout,
-            shown_env=env,
-        )
-    finally:
-        if not args.keep_workdir:
-            shutil.rmtree(pipelines, ignore_errors=True)
+    return run_measured(
+        command,
+        {**_base_env(), **env},
+        workdir,
+        workdir / f"{label}.log",
+        args.timeout,
+        shown_env=env,
+    )
 
 
 def ensure_dlt(databases: Sequence[str]) -> tuple[str | None, str | None]:
@@ -524,6 +542,8 @@ def ensure_dlt(databases: Sequence[str]) -> tuple[str | None, str | None]:
 
 # --- (a) throughput -------------------------------------------------------------------------
 
+PLAIN = "no latency"
+
 
 @dataclass
 class ThroughputRun:
@@ -538,15 +558,45 @@ class ThroughputRun:
     requests: int  # API requests the fake saw during the run
     fake_cpu_s: float
     loadavg: tuple[float, float, float]
+    # FIRST_PASS: into the empty database; SECOND_PASS: the same tool again into the same
+    # database (and, for dlt, the same pipeline state), nothing changed upstream.
+    pass_number: int = FIRST_PASS
+    write_disposition: str | None = None  # dlt's, as dlt_load.py reported it
+    primary_keys: bool | None = None  # dlt's SQLite tables with their PRIMARY KEY
     sync_run: dict[str, Any] = field(default_factory=dict)
     log_problems: list[str] = field(default_factory=list)
     error: str | None = None
 
+    @property
+    def cpu_s_per_record(self) -> float | None:
+        """The whole process's user + system CPU seconds per patient, None when it failed."""
+        return None if self.error else self.measured.cpu_s / self.patients
+
+    @property
+    def records_per_cpu_s(self) -> float | None:
+        if self.error or self.measured.cpu_s <= 0:
+            return None
+        return self.patients / self.measured.cpu_s
+
+    @property
+    def tool_shown(self) -> str:
+        return _tool_name(self.tool, self.write_disposition, self.primary_keys)
+
+
+def _tool_name(tool: str, disposition: str | None, primary_keys: bool | None) -> str:
+    """``dlt (merge, PK)``: dlt with its write disposition, and PK when its SQLite tables have
+    their PRIMARY KEY (dlt_load.py's --primary-keys)."""
+    if not disposition:
+        return tool
+    return f"{tool} ({disposition}{', PK' if primary_keys else ''})"
+
 
 def throughput_scenarios(args: argparse.Namespace) -> list[tuple[str, int, Any]]:
-    scenarios = []
+    """(name, patients, latency): one no-latency fake per ``--patients`` size, then the
+    latency scenario's."""
+    scenarios: list[tuple[str, int, Any]] = []
     if "plain" in args.scenario_list:
-        scenarios.append(("no latency", args.patients, None))
+        scenarios += [(PLAIN, patients, None) for patients in args.patient_list]
     if "latency" in args.scenario_list:
         scenarios.append((_latency_name(args.latency), args.latency_patients, args.latency))
     return scenarios
@@ -564,23 +614,22 @@ def part_throughput(
         tools.insert(1, BASELINE)
     runs: list[ThroughputRun] = out.setdefault("runs", [])
     for scenario, patients, latency in throughput_scenarios(args):
-        tag = "plain" if latency is None else "latency"
+        tag = f"plain-{patients}" if latency is None else "latency"
         with running_fake(args, workdir, f"a-{tag}", patients=patients, latency=latency) as fake:
-            out.setdefault("fake_commands", {})[scenario] = fake.command
+            out.setdefault("fake_commands", {})[f"{scenario}, {patients}"] = fake.command
             for kind in args.database_list:
                 for round_number in range(1, args.rounds + 1):
-                    # ABBA: the order flips each round, so drift hurts neither side.
+                    # ABBA: the order flips each round, so drift hurts neither side. Each
+                    # tool's second pass follows its first.
                     order = tools if round_number % 2 else list(reversed(tools))
                     for tool in order:
-                        run = throughput_run(
+                        runs += throughput_runs(
                             args, workdir, fake, (scenario, tag), kind, round_number, tool, patients
                         )
-                        runs.append(run)
-                        _print_throughput_run(run)
     return runs
 
 
-def throughput_run(
+def throughput_runs(
     args: argparse.Namespace,
     workdir: Path,
     fake: Fake,
@@ -589,34 +638,77 @@ def throughput_run(
     round_number: int,
     tool: str,
     patients: int,
-) -> ThroughputRun:
+) -> list[ThroughputRun]:
+    """One tool's first pass into an empty database, then (unless ``--no-second-pass``) its
+    second pass into the same database; the database is discarded after."""
     scenario, tag = scenario_and_tag
     label = f"a-{tag}-{kind}-{round_number}-{tool}"
     url = fresh_database(kind, workdir, label, args)
+    pipelines = workdir / f"{label}-dlt-pipelines"
+    shutil.rmtree(pipelines, ignore_errors=True)
     if tool in OUR_COMMANDS:
         # setup, not timed: dlt creates its tables
         migrate(url, fake.base_url, workdir, args, tool)
+    passes = (FIRST_PASS, SECOND_PASS) if args.second_pass else (FIRST_PASS,)
+    runs: list[ThroughputRun] = []
+    try:
+        for pass_number in passes:
+            run = throughput_pass(
+                args,
+                workdir,
+                fake,
+                (scenario, kind, round_number, tool, patients, pass_number),
+                url,
+                label if pass_number == FIRST_PASS else f"{label}-second",
+                pipelines,
+            )
+            runs.append(run)
+            _print_throughput_run(run)
+            if run.error:
+                break  # a second pass over a failed first measures nothing steady
+    finally:
+        discard_database(kind, url, args)
+        if not args.keep_workdir:
+            shutil.rmtree(pipelines, ignore_errors=True)
+    return runs
+
+
+def throughput_pass(
+    args: argparse.Namespace,
+    workdir: Path,
+    fake: Fake,
+    what: tuple[str, str, int, str, int, int],
+    url: str,
+    label: str,
+    pipelines: Path,
+) -> ThroughputRun:
+    scenario, kind, round_number, tool, patients, pass_number = what
     stats_before, cpu_before = fake.stats(), fake.cpu_s()
     loadavg = os.getloadavg()
+    disposition, primary_keys = None, None
     if tool in OUR_COMMANDS:
         measured = run_ours(url, fake, workdir, label, args, tool)
         table = "patients"
     else:
         # sqlite:///<file> goes to dlt's sqlalchemy destination, postgresql:// to postgres.
-        measured = run_dlt(url, fake, workdir, label, args)
-        dataset = (measured.result or {}).get("dataset", "main" if kind == "sqlite" else "")
+        measured = run_dlt(url, fake, workdir, label, args, pipelines)
+        result = measured.result or {}
+        dataset = result.get("dataset", "main" if kind == "sqlite" else "")
         table = "patients" if kind == "sqlite" and dataset == "main" else f"{dataset}.patients"
+        disposition = str(result.get("write_disposition") or args.dlt_write_disposition)
+        primary_keys = result.get("primary_keys")
     fake_cpu = fake.cpu_s() - cpu_before
     requests = fake.stats()["requests"] - stats_before["requests"]
     rows = count_rows(kind, url, table)
     sync_run = last_sync_run(kind, url) if tool in OUR_COMMANDS and rows is not None else {}
+    # Append (dlt's default, not a mirror's) adds every record again on the second pass.
+    expected = patients * (pass_number if disposition == "append" else 1)
     error = None
     if measured.returncode != 0 or measured.timed_out:
         why = "timed out" if measured.timed_out else f"exited with {measured.returncode}"
         error = f"{tool} {why}: {measured.stdout_tail[-600:]}"
-    elif rows != patients:
-        error = f"{tool} stored {rows} of {patients} patients"
-    discard_database(kind, url, args)
+    elif rows != expected:
+        error = f"{tool} stored {rows} rows for {patients} patients (expected {expected})"
     return ThroughputRun(
         scenario=scenario,
         database=kind,
@@ -629,6 +721,9 @@ def throughput_run(
         requests=requests,
         fake_cpu_s=fake_cpu,
         loadavg=loadavg,
+        pass_number=pass_number,
+        write_disposition=disposition,
+        primary_keys=primary_keys,
         sync_run=sync_run,
         log_problems=_log_problems(workdir / f"{label}.log"),
         error=error,
@@ -637,9 +732,11 @@ def throughput_run(
 
 def _print_throughput_run(run: ThroughputRun) -> None:
     rate = "FAILED" if run.records_per_s is None else f"{run.records_per_s:.0f} records/s"
+    which = "first pass" if run.pass_number == FIRST_PASS else "second pass"
     print(
-        f"(a) {run.scenario}, {run.database}, round {run.round}, {run.tool}: {rate} "
-        f"({run.patients} in {run.measured.wall_s:.2f} s, {run.requests} requests)",
+        f"(a) {run.scenario}, {run.patients}, {run.database}, round {run.round}, "
+        f"{run.tool_shown}, {which}: {rate} ({run.patients} in {run.measured.wall_s:.2f} s, "
+        f"CPU {run.measured.cpu_s:.2f} s, {run.requests} requests)",
         flush=True,
     )
     if run.error:
@@ -650,34 +747,53 @@ def _median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def _round_ratios(
+    ok: Sequence[ThroughputRun], other: dict[int, float | None], value: str
+) -> list[float]:
+    """Each round's ``value`` of ``ok`` over ``other``'s (by round), where both exist."""
+    ratios = []
+    for run in ok:
+        mine, theirs = getattr(run, value), other.get(run.round)
+        if mine is not None and theirs:
+            ratios.append(mine / theirs)
+    return ratios
+
+
 def summarize_throughput(runs: Sequence[ThroughputRun]) -> list[dict[str, Any]]:
     rows = []
-    keys = dict.fromkeys((r.scenario, r.database) for r in runs)
-    for scenario, kind in keys:
-        mine = [r for r in runs if r.scenario == scenario and r.database == kind]
+    keys = dict.fromkeys((r.scenario, r.patients, r.database, r.pass_number) for r in runs)
+    for scenario, patients, kind, pass_number in keys:
+        mine = [
+            r
+            for r in runs
+            if (r.scenario, r.patients, r.database, r.pass_number)
+            == (scenario, patients, kind, pass_number)
+        ]
         dlt_rate = {r.round: r.records_per_s for r in mine if r.tool == "dlt"}
+        dlt_cpu = {r.round: r.cpu_s_per_record for r in mine if r.tool == "dlt"}
         baseline_rate = {r.round: r.records_per_s for r in mine if r.tool == BASELINE}
         for tool in (*TOOLS, BASELINE):
             tool_runs = [r for r in mine if r.tool == tool]
             if not tool_runs:
                 continue
-            ok = [r for r in tool_runs if r.records_per_s is not None]
-            ratios = [
-                r.records_per_s / baseline
-                for r in ok
-                if r.records_per_s is not None and (baseline := dlt_rate.get(r.round))
-            ]
-            against_baseline = [
-                r.records_per_s / baseline
-                for r in ok
-                if r.records_per_s is not None and (baseline := baseline_rate.get(r.round))
-            ]
+            ok = [r for r in tool_runs if r.error is None]
+            ours_like = tool in OUR_COMMANDS
+            ratios = _round_ratios(ok, dlt_rate, "records_per_s")
+            cpu_ratios = _round_ratios(ok, dlt_cpu, "cpu_s_per_record")
+            against_baseline = _round_ratios(ok, baseline_rate, "records_per_s")
             rows.append(
                 {
                     "scenario": scenario,
                     "database": kind,
                     "tool": tool,
-                    "patients": tool_runs[0].patients,
+                    "pass": pass_number,
+                    "write_disposition": next(
+                        (r.write_disposition for r in tool_runs if r.write_disposition), None
+                    ),
+                    "primary_keys": next(
+                        (r.primary_keys for r in tool_runs if r.primary_keys is not None), None
+                    ),
+                    "patients": patients,
                     "rounds": len(tool_runs),
                     "failed": len(tool_runs) - len(ok),
                     "median_records_per_s": _median([r.records_per_s or 0.0 for r in ok]),
@@ -686,8 +802,16 @@ def summarize_throughput(runs: Sequence[ThroughputRun]) -> list[dict[str, Any]]:
                         [r.sync_run["pass_s"] for r in ok if r.sync_run.get("pass_s")]
                     ),
                     "median_cpu_s": _median([r.measured.cpu_s for r in ok]),
+                    "median_cpu_s_per_record": _median(
+                        [r.cpu_s_per_record for r in ok if r.cpu_s_per_record is not None]
+                    ),
+                    "median_records_per_cpu_s": _median(
+                        [r.records_per_cpu_s for r in ok if r.records_per_cpu_s is not None]
+                    ),
                     "median_requests": _median([float(r.requests) for r in ok]),
-                    "ratio": _median(ratios) if tool in OUR_COMMANDS and ratios else None,
+                    # ours/dlt records/s: the same, round by round, as dlt wall / ours wall.
+                    "ratio": _median(ratios) if ours_like and ratios else None,
+                    "cpu_ratio": _median(cpu_ratios) if ours_like and cpu_ratios else None,
                     "vs_baseline": (
                         _median(against_baseline) if tool == "ours" and against_baseline else None
                     ),
@@ -703,6 +827,14 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
+def _fmt_x(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.2f}x"
+
+
+def _micro(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1e6
+
+
 def _table(header: Sequence[str], align: str, body: Sequence[Sequence[object]]) -> list[str]:
     """Markdown table lines; ``align`` has one letter per column, l or r."""
     rule = ["---:" if a == "r" else "---" for a in align]
@@ -710,26 +842,52 @@ def _table(header: Sequence[str], align: str, body: Sequence[Sequence[object]]) 
     return ["| " + " | ".join(str(cell) for cell in line) + " |" for line in lines]
 
 
+def _shown_tool(row: dict[str, Any]) -> str:
+    return _tool_name(row["tool"], row.get("write_disposition"), row.get("primary_keys"))
+
+
 def report_throughput(
     runs: Sequence[ThroughputRun], rows: Sequence[dict[str, Any]], dlt_problem: str | None
 ) -> str:
     lines = ["### (a) Records per second, ours against dlt's rest_api source", ""]
+    dispositions = sorted({r["write_disposition"] for r in rows if r["write_disposition"]})
+    if dispositions:
+        keys = {r["primary_keys"] for r in rows if r["tool"] == "dlt" and r["database"] == "sqlite"}
+        sqlite_keys = (
+            ""
+            if not keys
+            else " On SQLite its tables have their PRIMARY KEY (PK: create_primary_keys=True)."
+            if keys == {True}
+            else " On SQLite its tables have no PRIMARY KEY (dlt's default): its merge is "
+            "quadratic in the rows."
+        )
+        lines += [
+            f"dlt: rest_api source, write_disposition={'/'.join(dispositions)}, "
+            f"primary_key id.{sqlite_keys} CPU = user + system seconds of the tool's own "
+            "process, start-up included; the ours/dlt ratios are medians of each round's ratio "
+            "(ours/dlt records/s is, round by round, dlt wall / ours wall).",
+            "",
+        ]
+    first = [r for r in rows if r["pass"] == FIRST_PASS]
+    second = [r for r in rows if r["pass"] == SECOND_PASS]
     body = [
         [
             r["scenario"],
             r["database"],
             r["patients"],
-            r["tool"],
+            _shown_tool(r),
             r["rounds"] - r["failed"],
             _fmt(r["median_records_per_s"], 0),
             _fmt(r["median_wall_s"]),
             _fmt(r["median_pass_s"]),
             _fmt(r["median_cpu_s"]),
+            _fmt(_micro(r["median_cpu_s_per_record"]), 1),
             _fmt(r["median_requests"], 0),
-            "-" if r["ratio"] is None else f"{r['ratio']:.2f}x",
-            "-" if r.get("vs_baseline") is None else f"{r['vs_baseline']:.2f}x",
+            _fmt_x(r["ratio"]),
+            _fmt_x(r["cpu_ratio"]),
+            _fmt_x(r.get("vs_baseline")),
         ]
-        for r in rows
+        for r in first
     ]
     header = [
         "fake",
@@ -741,47 +899,63 @@ def report_throughput(
         "median wall (s)",
         "median pass (s)",
         "median CPU (s)",
+        "CPU per record (µs)",
         "requests",
-        "ours/dlt",
+        "ours/dlt records/s (dlt wall/ours wall)",
+        "ours/dlt CPU per record",
         "ours/baseline",
     ]
-    lines += [*_table(header, "llrlrrrrrrrr", body), ""]
+    lines += ["First pass, into an empty database:", ""]
+    lines += [*_table(header, "llrlrrrrrrrrrr", body), ""]
     if dlt_problem:
         lines.append(f"- dlt NOT RUN: {dlt_problem}. Ours alone; no ratio.")
-    for r in rows:
+    for r in first:
         if r["tool"] != "ours":
             continue
-        if r["ratio"] is None:
-            verdict = "no ratio (dlt did not run or failed)"
-        else:
-            met = "ok" if r["ratio"] >= GOAL_THROUGHPUT_RATIO else "MISSED"
-            verdict = f"{met} ({r['ratio']:.2f}x)"
+        where = f"{r['scenario']}, {r['patients']}, {r['database']}"
         lines.append(
-            f"- goal ({r['scenario']}, {r['database']}): ours >= "
-            f"{GOAL_THROUGHPUT_RATIO:g}x dlt's records/s: {verdict}"
+            f"- goal ({where}): ours >= {GOAL_THROUGHPUT_RATIO:g}x dlt's records/s: "
+            + _verdict(r["ratio"], GOAL_THROUGHPUT_RATIO, at_least=True)
         )
+        if r["scenario"] == PLAIN:
+            lines.append(
+                f"- goal ({where}): CPU per record ours/dlt <= {GOAL_CPU_PER_RECORD_RATIO:g}: "
+                + _verdict(r["cpu_ratio"], GOAL_CPU_PER_RECORD_RATIO, at_least=False)
+            )
+        else:
+            lines.append(
+                f"- goal ({where}): dlt wall / ours wall >= {GOAL_LATENCY_WALL_RATIO:g}: "
+                + _verdict(r["ratio"], GOAL_LATENCY_WALL_RATIO, at_least=True)
+            )
+    if second:
+        lines += ["", *_report_second_pass(second)]
     for r in rows:
+        which = f"{r['scenario']}/{r['patients']}/{r['database']}/{r['tool']}/pass {r['pass']}"
         if r["failed"]:
             lines.append(
-                f"- FAILED {r['scenario']}/{r['database']}/{r['tool']}: {r['failed']} run(s) "
+                f"- FAILED {which}: {r['failed']} run(s) "
                 "(see the per-round table and the JSON results)"
             )
         if r["log_problems"]:
             lines.append(
-                f"- NOTE {r['scenario']}/{r['database']}/{r['tool']}: {r['log_problems']} "
+                f"- NOTE {which}: {r['log_problems']} "
                 "warning/error line(s) in the command logs (log_problems in the JSON results)"
             )
     per_round = [
         [
             r.scenario,
+            r.patients,
             r.database,
             r.round,
-            r.tool,
+            r.tool_shown,
+            r.pass_number,
             _fmt(r.measured.wall_s),
             "FAILED" if r.records_per_s is None else _fmt(r.records_per_s, 0),
             "-" if r.rows is None else r.rows,
             r.requests,
             _fmt(r.measured.cpu_s),
+            _fmt(_micro(r.cpu_s_per_record), 1),
+            _fmt(r.records_per_cpu_s, 0),
             _fmt(r.fake_cpu_s),
             _fmt(r.measured.max_rss_kib / 1024, 0),
         ]
@@ -789,19 +963,90 @@ def report_throughput(
     ]
     header = [
         "fake",
+        "patients",
         "database",
         "round",
         "tool",
+        "pass",
         "wall (s)",
         "records/s",
         "rows",
         "requests",
         "CPU (s)",
+        "CPU per record (µs)",
+        "records per CPU-s",
         "fake CPU (s)",
         "peak RSS (MiB)",
     ]
-    lines += ["", *_table(header, "llrlrrrrrrr", per_round)]
+    lines += ["", *_table(header, "lrlrlrrrrrrrrrr", per_round)]
     return "\n".join(lines)
+
+
+def _verdict(value: float | None, goal: float, *, at_least: bool) -> str:
+    if value is None or math.isnan(value):
+        return "no ratio (dlt did not run or failed)"
+    met = value >= goal if at_least else value <= goal
+    return f"{'ok' if met else 'MISSED'} ({value:.2f}x)"
+
+
+def _report_second_pass(second: Sequence[dict[str, Any]]) -> list[str]:
+    """The steady state: each tool again into the database its first pass filled."""
+    lines = [
+        "Second pass, the same tool again into the same database, nothing changed upstream:",
+        "",
+    ]
+    body = [
+        [
+            r["scenario"],
+            r["database"],
+            r["patients"],
+            _shown_tool(r),
+            r["rounds"] - r["failed"],
+            _fmt(r["median_wall_s"]),
+            _fmt(r["median_pass_s"]),
+            _fmt(r["median_cpu_s"]),
+            _fmt(r["median_records_per_cpu_s"], 0),
+            _fmt(r["median_records_per_s"], 0),
+            _fmt(r["median_requests"], 0),
+        ]
+        for r in second
+    ]
+    header = [
+        "fake",
+        "database",
+        "patients",
+        "tool",
+        "ok runs",
+        "median wall (s)",
+        "median pass (s)",
+        "median CPU (s)",
+        "records per CPU-s",
+        "records/s",
+        "requests",
+    ]
+    lines += [*_table(header, "llrlrrrrrrr", body), ""]
+    # The goal is at GOAL_STEADY_PATIENTS; a run without that size is judged at its largest
+    # no-latency size, and says so.
+    for kind in dict.fromkeys(r["database"] for r in second):
+        ours = [r for r in second if r["tool"] == "ours" and r["scenario"] == PLAIN]
+        ours = [r for r in ours if r["database"] == kind]
+        if not ours:
+            continue
+        at_goal = [r for r in ours if r["patients"] == GOAL_STEADY_PATIENTS]
+        r = at_goal[0] if at_goal else max(ours, key=lambda row: row["patients"])
+        value = r["median_records_per_cpu_s"]
+        if math.isnan(value):
+            verdict = "every run FAILED"
+        else:
+            met = "ok" if value >= GOAL_STEADY_RECORDS_PER_CPU_S else "MISSED"
+            verdict = f"{met} ({value:,.0f})"
+        if not at_goal:
+            verdict = f"no {GOAL_STEADY_PATIENTS}-patient run; at {r['patients']}: {verdict}"
+        lines.append(
+            f"- goal ({PLAIN}, {kind}): ours' second pass at {GOAL_STEADY_PATIENTS} patients >= "
+            f"{GOAL_STEADY_RECORDS_PER_CPU_S:,} records per CPU-second: {verdict}"
+        )
+    return lines
 
 
 # --- (b) rate limit -------------------------------------------------------------------------
@@ -1122,17 +1367,23 @@ def report_memory(runs: Sequence[MemoryRun]) -> str:
     lines = ["### (c) Peak memory of a reconcile (SQLite)", ""]
     if not runs:
         return "\n".join([*lines, "(no run)"])
-    body, peaks = [], {}
+    peaks: dict[int, float] = {}
     for patients in dict.fromkeys(r.patients for r in runs):
+        peaks[patients] = _median(
+            [r.peak_mib for r in runs if r.patients == patients and not r.error]
+        )
+    smallest = min(peaks)
+    body = []
+    for patients in peaks:
         mine = [r for r in runs if r.patients == patients]
         ok = [r for r in mine if r.error is None]
-        peaks[patients] = _median([r.peak_mib for r in ok])
         hwm = [r.measured.hwm_kib / 1024 for r in ok if r.measured.hwm_kib]
         body.append(
             [
                 patients,
                 f"{len(ok)}/{len(mine)}",
                 _fmt(peaks[patients], 1),
+                _fmt_x(peaks[patients] / peaks[smallest]),
                 _fmt(_median(hwm), 1),
                 _fmt(_median([_rss_at(r.measured.rss_samples, 0.5) or 0.0 for r in ok]), 1),
                 _fmt(_median([r.measured.wall_s for r in ok])),
@@ -1143,18 +1394,24 @@ def report_memory(runs: Sequence[MemoryRun]) -> str:
         "patients",
         "ok runs",
         "median peak RSS (MiB)",
+        f"peak / peak at {smallest}",
         "VmHWM last seen (MiB)",
         "RSS at half time (MiB)",
         "median wall (s)",
         "records/s",
     ]
-    lines += [*_table(header, "rrrrrrr", body), ""]
+    lines += [*_table(header, "rrrrrrrr", body), ""]
     sizes = sorted(peaks)
     if len(sizes) >= 2 and not math.isnan(peaks[sizes[0]]) and not math.isnan(peaks[sizes[-1]]):
+        for size in sizes[1:-1]:  # the sizes between, 200,000 by default: reported, not judged
+            lines.append(
+                f"- peak RSS at {size} patients / at {sizes[0]}: "
+                f"{_fmt_x(peaks[size] / peaks[sizes[0]])}"
+            )
         ratio = peaks[sizes[-1]] / peaks[sizes[0]]
         met = "ok" if ratio <= GOAL_MEMORY_RATIO else "MISSED"
         lines.append(
-            f"- goal: peak RSS at {sizes[-1]} patients <= {GOAL_MEMORY_RATIO:g}x that at "
+            f"- goal (flat): peak RSS at {sizes[-1]} patients <= {GOAL_MEMORY_RATIO:g}x that at "
             f"{sizes[0]}: {met} ({ratio:.2f}x)"
         )
     for r in runs:
@@ -1200,12 +1457,37 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     group.add_argument(
         "--databases", default="sqlite,postgres", help="comma-separated: sqlite, postgres"
     )
-    group.add_argument("--rounds", type=int, default=5, help="ours/dlt pairs per database")
-    group.add_argument("--patients", type=int, default=20_000, help="patients, no latency")
+    group.add_argument("--rounds", type=int, default=5, help="ours/dlt pairs per database and fake")
+    group.add_argument(
+        "--patients",
+        default="20000,200000",
+        help="comma-separated patients, no latency: one fake, and its rounds, per size",
+    )
     group.add_argument(
         "--latency-patients", type=int, default=20_000, help="patients, latency scenario"
     )
+    group.add_argument(
+        "--no-second-pass",
+        dest="second_pass",
+        action="store_false",
+        help="skip each tool's second pass (again into the database its first pass filled, "
+        "nothing changed upstream: the steady state)",
+    )
     group.add_argument("--no-dlt", action="store_true", help="run ours alone")
+    group.add_argument(
+        "--dlt-write-disposition",
+        choices=DLT_WRITE_DISPOSITIONS,
+        default="merge",
+        help="dlt_load.py's --write-disposition: merge on primary key id (what a mirror "
+        "needs) or dlt's default append (its second pass then stores every record twice)",
+    )
+    group.add_argument(
+        "--dlt-primary-keys",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="dlt_load.py's --primary-keys: dlt's SQLite tables get their PRIMARY KEY, without "
+        "which (dlt's default) its merge is quadratic in the rows",
+    )
     group.add_argument(
         "--baseline-tree",
         metavar="DIR",
@@ -1220,7 +1502,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     group.add_argument("--rl-rounds", type=int, default=3, help="runs per scenario")
     group = parser.add_argument_group("(c) memory")
-    group.add_argument("--mem-sizes", default="10000,200000", help="comma-separated patients")
+    group.add_argument(
+        "--mem-sizes",
+        default="10000,200000,1000000",
+        help="comma-separated patients; the goal compares the largest with the smallest",
+    )
     group.add_argument("--mem-rounds", type=int, default=1, help="runs per size")
     group = parser.add_argument_group("ours")
     group.add_argument(
@@ -1259,7 +1545,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"unknown part(s) {sorted(unknown)}; use {', '.join(PARTS)}")
     args.parts = [p for p in PARTS if p in parts]
     if args.smoke:
-        args.patients, args.latency_patients, args.rounds = 1_000, 300, 1
+        args.patients, args.latency_patients, args.rounds = "500,1000", 300, 1
         args.rl_patients, args.rl_limit, args.rl_window, args.rl_rounds = 1_000, 10, 2, 1
         args.mem_sizes, args.mem_rounds = "500,2000", 1
     args.database_list = [d.strip() for d in args.databases.split(",") if d.strip()]
@@ -1268,7 +1554,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.scenario_list = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     if set(args.scenario_list) - {"plain", "latency"} or not args.scenario_list:
         parser.error("--scenarios: use plain and/or latency")
-    args.mem_size_list = [int(s) for s in args.mem_sizes.split(",") if s.strip()]
+    args.patient_list = _sizes(parser, "--patients", args.patients)
+    args.mem_size_list = _sizes(parser, "--mem-sizes", args.mem_sizes)
     if min(args.rounds, args.rl_rounds, args.mem_rounds, args.rl_limit, args.rl_window) < 1:
         parser.error("rounds, --rl-limit and --rl-window must be at least 1")
     if not 0 <= args.reserve < 1:
@@ -1276,6 +1563,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.rl_limit * (1 - args.reserve) < 1:
         parser.error("--rl-limit leaves no request per window after --reserve")
     return args
+
+
+def _sizes(parser: argparse.ArgumentParser, flag: str, text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"{flag}: comma-separated whole numbers, e.g. 20000,200000")
+    if not sizes or min(sizes) < 1:
+        parser.error(f"{flag}: at least one size, each at least 1")
+    return list(dict.fromkeys(sizes))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1381,8 +1678,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run_dict(run: Any) -> dict[str, Any]:
     data = asdict(run)
-    if hasattr(run, "ratio"):
-        data["ratio"] = run.ratio
+    for name in ("ratio", "cpu_s_per_record", "records_per_cpu_s"):
+        if hasattr(run, name):
+            data[name] = getattr(run, name)
     return data
 
 
