@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from config import MirrorError
-from mirror.versions import Action, Version, VersionError, parse_instant
+from mirror.versions import Action, VersionError, parse_instant, version_key
 
 
 class PayloadError(MirrorError, ValueError):
@@ -29,7 +29,11 @@ class Resource(StrEnum):
 
     @property
     def id_field(self) -> str:
-        return f"{self.value}_id"
+        return _ID_FIELDS[self]
+
+
+# Looked up for every record a pass reads: computed once.
+_ID_FIELDS = {resource: f"{resource.value}_id" for resource in Resource}
 
 
 # Appointment status events may carry only the key; their type says the status.
@@ -188,14 +192,14 @@ def record_write(
         raise PayloadError(f"timestamp: {exc}") from None
     record_id = record_id_of(resource, record)
     fields = None if action is Action.DELETE else record
-    # The key's name differs between webhooks (patient_id) and the API (id): not content.
-    content = (
-        None
-        if fields is None
-        else {k: v for k, v in fields.items() if k not in ("id", resource.id_field)}
-    )
+    content: dict[str, Any] | None = None
+    if fields is not None:
+        # The key's name differs between webhooks (patient_id) and the API (id): not content.
+        content = dict(fields)
+        content.pop("id", None)
+        content.pop(_ID_FIELDS[resource], None)
     digest = content_digest([record_id, content])
-    return RecordWrite(resource, record_id, action, Version(instant, action, digest).key, fields)
+    return RecordWrite(resource, record_id, action, version_key(instant, action, digest), fields)
 
 
 def read_event(body: bytes) -> Event:

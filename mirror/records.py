@@ -23,7 +23,7 @@ from mirror.events import RecordWrite, Resource
 from mirror.guard import RecordState, merge
 from mirror.schema import MIRRORED_TABLES, appointments
 from mirror.states import Effect
-from mirror.versions import VersionError, VersionKey, parse_instant
+from mirror.versions import VersionKey, parse_moment
 
 
 def _text(value: object, max_length: int | None = None) -> str | None:
@@ -50,12 +50,7 @@ def _date(value: object) -> date | None:
 
 
 def _datetime(value: object) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return parse_instant(value).to_datetime()
-    except VersionError:
-        return None
+    return parse_moment(value) if isinstance(value, str) else None
 
 
 def _int(value: object) -> int | None:

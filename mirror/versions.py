@@ -83,8 +83,28 @@ def parse_instant(text: object) -> Instant:
     return Instant(seconds, int(fraction.ljust(9, "0")) if fraction else 0)
 
 
+def parse_moment(text: str) -> datetime | None:
+    """``parse_instant(text).to_datetime()``, or None where that raises: typed columns need
+    the datetime alone, for every record a pass reads, without building the Instant."""
+    utc = _common_moment(text)
+    if utc is not None:
+        return utc
+    try:
+        return parse_instant(text).to_datetime()
+    except VersionError:
+        return None
+
+
 def _parse_common(text: str) -> Instant | None:
     """The usual forms (whole seconds or milliseconds, with a zone), without the regex."""
+    utc = _common_moment(text)
+    if utc is None:
+        return None
+    return Instant(utc.replace(microsecond=0), utc.microsecond * 1000)
+
+
+def _common_moment(text: str) -> datetime | None:
+    """The usual forms as an aware UTC datetime; None for anything else (the exact path)."""
     if len(text) not in (20, 24, 25, 29) or text[10] != "T" or text[4] != "-":
         return None
     # datetime keeps microseconds and silently drops further digits: a fraction longer than
@@ -100,10 +120,9 @@ def _parse_common(text: str) -> Instant | None:
     if moment.tzinfo is None or not 1 <= moment.year <= 9999:
         return None
     try:
-        utc = moment.astimezone(UTC)
+        return moment.astimezone(UTC)
     except OverflowError:
         return None
-    return Instant(utc.replace(microsecond=0), utc.microsecond * 1000)
 
 
 class VersionKey(str):
@@ -141,4 +160,10 @@ class Version:
     key: str = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "key", f"{self.instant.iso()}|{int(self.action)}|{self.digest}")
+        object.__setattr__(self, "key", version_key(self.instant, self.action, self.digest))
+
+
+def version_key(instant: Instant, action: Action, digest: str) -> str:
+    """The key of ``Version(instant, action, digest)``, without building the Version: it is
+    made for every record a reconcile pass reads."""
+    return f"{instant.iso()}|{int(action)}|{digest}"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mirror.versions import VersionError, parse_instant
+from mirror.versions import VersionError, parse_instant, parse_moment
 
 
 def test_zulu_and_offset_forms_of_one_moment_are_equal() -> None:
@@ -106,6 +106,31 @@ def test_every_fraction_and_zone_parses_exactly(
     assert seconds * 10**9 + instant.nanos == _exact_nanoseconds(
         date, clock, fraction, zone_minutes
     )
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    moment=st.datetimes(
+        min_value=datetime.datetime(1, 1, 1), max_value=datetime.datetime(9999, 12, 31, 23, 59)
+    ),
+    fraction=st.text("0123456789", min_size=0, max_size=10),
+    zone_minutes=st.one_of(st.none(), st.integers(min_value=-23 * 60 - 59, max_value=23 * 60 + 59)),
+    style=st.integers(min_value=0, max_value=2),
+    noise=st.sampled_from(["", " ", "x", "T"]),
+)
+def test_typed_columns_read_the_same_moment_as_the_version(
+    moment: datetime.datetime, fraction: str, zone_minutes: int | None, style: int, noise: str
+) -> None:
+    # parse_moment is the typed columns' shortcut: it must agree with parse_instant, out of
+    # range and malformed text included.
+    date, clock = moment.strftime("%Y-%m-%d"), moment.strftime("%H:%M:%S")
+    text = f"{date}T{clock}{'.' + fraction if fraction else ''}{_zone_text(zone_minutes, style)}"
+    text += noise
+    try:
+        expected: datetime.datetime | None = parse_instant(text).to_datetime()
+    except VersionError:
+        expected = None
+    assert parse_moment(text) == expected
 
 
 def test_more_than_nine_fraction_digits_are_refused() -> None:
