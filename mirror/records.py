@@ -185,7 +185,12 @@ class _Statements:
         # Only the delete changed: the row's last known content stays as it is.
         self.delete_only = _update(table, [*_BOOKKEEPING, _SEEN])
         self.content = _update(table, [*content, *_BOOKKEEPING, _SEEN])
-        self.seen = _update(table, [_SEEN])
+        # Listed records that did not change: one statement marks a batch's worth of them.
+        mark = f"UPDATE {table} SET {_SEEN[0]} = :run WHERE "
+        self.mark_seen = {
+            "sqlite": mark + "id IN (SELECT value FROM json_each(:ids))",
+            "postgresql": mark + "id = ANY(:ids)",
+        }
 
 
 def _update(table: str, columns: Sequence[tuple[str, str]]) -> BulkStatement:
@@ -321,12 +326,12 @@ def _write_changes(
 ) -> None:
     content_rows: list[dict[str, object]] = []
     delete_rows: list[dict[str, object]] = []
-    seen_rows: list[dict[str, object]] = []
+    seen: list[str] = []
     for record_id, state in after.items():
         old = before[record_id]
         if state == old:
             if stamp.seen_in_run is not None:
-                seen_rows.append({"id": record_id, _SEEN[0]: stamp.seen_in_run})
+                seen.append(record_id)
             continue
         row = _row(driver, sql, record_id, old, state, stamp)
         (content_rows if "content_version" in row else delete_rows).append(row)
@@ -334,8 +339,9 @@ def _write_changes(
         sql.content.execute(connection, content_rows)
     if delete_rows:
         sql.delete_only.execute(connection, delete_rows)
-    if seen_rows:
-        sql.seen.execute(connection, seen_rows)
+    if seen:
+        marking = sql.mark_seen["postgresql" if driver.postgres else "sqlite"]
+        driver.execute(connection, marking, {"run": stamp.seen_in_run, "ids": driver.ids(seen)})
 
 
 def _row(
