@@ -194,6 +194,10 @@ def _ping_when_idle(engine: Engine) -> None:
             raise exc.DisconnectionError from None
 
 
+# Per connection, in KiB (PRAGMA cache_size takes a negative number as KiB).
+SQLITE_CACHE_KIB = 16384
+
+
 def _sqlite_engine(database_url: str, timeout_seconds: float, execution: dict[str, Any]) -> Engine:
     engine = create_engine(
         database_url,
@@ -218,6 +222,10 @@ def _sqlite_engine(database_url: str, timeout_seconds: float, execution: dict[st
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
+        # SQLite's default page cache (2 MiB) holds too little of the mirror's indexes: a
+        # 200k-patient reconcile read 2.2 million pages back from the OS (6 s of system
+        # time). Bounded per connection, so memory stays flat however large the file grows.
+        cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         cursor.execute(f"PRAGMA busy_timeout={int(timeout_seconds * 1000)}")
         cursor.close()
 

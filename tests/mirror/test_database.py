@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from mirror.database import (
+    SQLITE_CACHE_KIB,
     DatabaseUnavailable,
     create_mirror_engine,
     sqlite_file,
@@ -110,6 +111,21 @@ def test_a_uri_that_may_not_create_the_file_creates_none(usual_umask: Path, mode
     with pytest.raises(DatabaseUnavailable, match="unable to open"):
         opened_file(f"sqlite:///file:{usual_umask}/mirror.db?uri=true&mode={mode}")
     assert list(usual_umask.iterdir()) == []
+
+
+def test_sqlite_connections_keep_a_bounded_page_cache_larger_than_the_default(
+    tmp_path: Path,
+) -> None:
+    """The default 2 MiB cache made a large reconcile read its indexes back from the OS page
+    by page; the bound keeps memory flat however large the mirror grows."""
+    engine = create_mirror_engine(f"sqlite:///{tmp_path}/mirror.db")
+    try:
+        with engine.connect() as connection:
+            size = connection.exec_driver_sql("PRAGMA cache_size").scalar()
+        assert size == -SQLITE_CACHE_KIB
+        assert 2048 < SQLITE_CACHE_KIB <= 65536
+    finally:
+        engine.dispose()
 
 
 def test_postgresql_sessions_plan_each_statement_for_its_values(postgres_url: str) -> None:
