@@ -163,12 +163,13 @@ class _Statements:
         self.timestamps = {name for name, kind in typed if kind == "timestamptz"}
         content = [*typed, ("raw", "json"), ("content_version", "text")]
         select = f"SELECT id, content_version, deleted_version FROM {table} WHERE "
+        by_id = {name: Driver(name).id_list("id", "ids") for name in ("sqlite", "postgresql")}
         self.read = {
-            "sqlite": select + "id IN (SELECT value FROM json_each(:ids))",
-            "postgresql": select + "id = ANY(:ids)",
+            "sqlite": select + by_id["sqlite"],
+            "postgresql": select + by_id["postgresql"],
             # FOR UPDATE serializes concurrent writers of a record on PostgreSQL; SQLite has
             # one writer at a time already (BEGIN IMMEDIATE).
-            "postgresql, locked": select + "id = ANY(:ids) ORDER BY id FOR UPDATE",
+            "postgresql, locked": select + by_id["postgresql"] + " ORDER BY id FOR UPDATE",
         }
         # Records the mirror has never seen are inserted whole. On SQLite nobody can insert
         # between our read and this insert (one writer); on PostgreSQL somebody can, and the
@@ -187,10 +188,7 @@ class _Statements:
         self.content = _update(table, [*content, *_BOOKKEEPING, _SEEN])
         # Listed records that did not change: one statement marks a batch's worth of them.
         mark = f"UPDATE {table} SET {_SEEN[0]} = :run WHERE "
-        self.mark_seen = {
-            "sqlite": mark + "id IN (SELECT value FROM json_each(:ids))",
-            "postgresql": mark + "id = ANY(:ids)",
-        }
+        self.mark_seen = {name: mark + by_id[name] for name in by_id}
 
 
 def _update(table: str, columns: Sequence[tuple[str, str]]) -> BulkStatement:
