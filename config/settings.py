@@ -116,8 +116,10 @@ class Settings(BaseSettings):
     # Share of every rate-limit window left free for the hospital's other HealthDock clients.
     sync_rate_reserve: float = Field(default=0.2, ge=0, lt=1)
     # Pages in flight when the rate budget allows: a far-away API answers a page in ~100 ms, so
-    # throughput is about concurrency pages per round trip until the writer is the limit.
-    sync_concurrency: int = Field(default=8, ge=1, le=32)
+    # throughput is about concurrency pages per round trip until the writer is the limit. The
+    # pacer keeps the rate within the limit whatever this is; 16 took a 20k-patient pass with
+    # 50-150 ms a page from 3.4 s to 2.6 s (bench/sync).
+    sync_concurrency: int = Field(default=16, ge=1, le=32)
     sync_page_size: int = Field(default=100, ge=1, le=100)
     # The mass-delete brake: a pass that would tombstone more than this share of the live
     # records (and more than the floor) tombstones nothing and waits for an operator.

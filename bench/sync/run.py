@@ -1510,7 +1510,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     group.add_argument("--mem-rounds", type=int, default=1, help="runs per size")
     group = parser.add_argument_group("ours")
     group.add_argument(
-        "--concurrency", type=int, default=8, help="HEALTHDOCK_SYNC_CONCURRENCY (8: the default)"
+        "--concurrency", type=int, default=16, help="HEALTHDOCK_SYNC_CONCURRENCY (16: the default)"
     )
     group.add_argument("--reserve", type=float, default=0.2, help="HEALTHDOCK_SYNC_RATE_RESERVE")
     group = parser.add_argument_group("setup")
