@@ -1,19 +1,25 @@
 """Child processes of a benchmark runner: start them so they die with it, stop them cleanly.
 
-Shared by bench/ingest and bench/sync, which start servers and commands and must leave
+Shared by the runners under bench/, which start servers, commands and wrk, and must leave
 nothing running whatever happens to the runner.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import signal
 import socket
 import subprocess
+import time
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
+from dataclasses import dataclass
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
+# The line a measuring script (a wrk Lua script, dlt_load.py) prints its JSON result after.
+RESULT_MARKER = "BENCH_RESULT "
 
 
 class BenchError(Exception):
@@ -58,3 +64,40 @@ def port_is_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+@dataclass(frozen=True)
+class ScriptResult:
+    """What one run of a measuring script reported (the JSON after RESULT_MARKER)."""
+
+    result: dict[str, Any]
+    stdout: str
+    wall_s: float  # spawn to exit, as this runner saw it
+
+
+def run_reporting(
+    command: Sequence[str], timeout_s: float, env: Mapping[str, str] | None = None
+) -> ScriptResult:
+    """Run ``command`` (wrk with one of our Lua scripts) to its end and read its result line.
+
+    It dies with the runner and is stopped if it outlives ``timeout_s``; a failed run, or one
+    that printed no result, is a BenchError with its output.
+    """
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=None if env is None else dict(env),
+        preexec_fn=die_with_parent,  # the runners start no threads, so it is safe
+    )
+    began = time.monotonic()
+    try:
+        stdout, _ = process.communicate(timeout=timeout_s)
+    finally:
+        stop(process, grace_seconds=5)
+    wall_s = time.monotonic() - began
+    marker = next((line for line in stdout.splitlines() if line.startswith(RESULT_MARKER)), None)
+    if process.returncode != 0 or marker is None:
+        raise BenchError(f"wrk failed ({process.returncode}):\n{stdout}")
+    return ScriptResult(json.loads(marker.removeprefix(RESULT_MARKER)), stdout, wall_s)

@@ -44,7 +44,7 @@ from sqlalchemy.engine import Connection
 
 from bench.databases import pg_settings
 from bench.ingest.run import _machine_cpu, _process_cpu_seconds, ensure_wrk, running_server
-from bench.processes import BenchError, die_with_parent, stop, unwind_on_signals
+from bench.processes import BenchError, run_reporting, unwind_on_signals
 from bench.sync.run import run_measured
 from config import DEFAULT_TIMEZONE
 from fhir_r4 import ABHA_SYSTEM, SearchContext, parse_search
@@ -58,7 +58,6 @@ BIN = Path(sys.executable).parent
 LUA_SCRIPT = HERE / "search.lua"
 # Outside the working tree: bench/fhir has no ignored results/ directory of its own yet.
 RESULTS = Path(__file__).resolve().parent / "results"
-RESULT_MARKER = "BENCH_RESULT "
 LOG_PROBLEMS = ("WARNING", "ERROR", "CRITICAL", "Traceback")
 DATABASES = ("sqlite", "postgres")
 # "A recent instant" for _lastUpdated: one of the updates of the newest week.
@@ -357,22 +356,10 @@ def run_wrk(
         str(paths_file),
         str(args.threads),
     ]
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "FHIR_BENCH_TOKEN": token},  # not on the command line we print
-        preexec_fn=die_with_parent,  # the runner starts no threads, so it is safe
-    )
-    try:
-        stdout, _ = process.communicate(timeout=seconds + 60)
-    finally:
-        stop(process, grace_seconds=5)
-    marker = next((line for line in stdout.splitlines() if line.startswith(RESULT_MARKER)), None)
-    if process.returncode != 0 or marker is None:
-        raise BenchError(f"wrk failed ({process.returncode}):\n{stdout}")
-    result = json.loads(marker.removeprefix(RESULT_MARKER))
+    # The token goes in the environment, not on the command line we print.
+    result = run_reporting(
+        command, timeout_s=seconds + 60, env={**os.environ, "FHIR_BENCH_TOKEN": token}
+    ).result
     latency = result["latency_us"]
     return WrkRun(
         command=command,

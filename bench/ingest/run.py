@@ -37,7 +37,14 @@ from sqlalchemy.engine import make_url
 
 from bench.databases import drop_pg_database, pg_service_url, pg_settings, recreate_pg_database
 from bench.ingest.events import write_events
-from bench.processes import BenchError, die_with_parent, port_is_free, stop, unwind_on_signals
+from bench.processes import (
+    BenchError,
+    die_with_parent,
+    port_is_free,
+    run_reporting,
+    stop,
+    unwind_on_signals,
+)
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -51,7 +58,6 @@ SERVERS = ("bare", "ours")
 # rounds, so a change is measured against what it changed, side by side.
 BASELINE = "baseline"
 OUR_SERVERS = ("ours", BASELINE)
-RESULT_MARKER = "BENCH_RESULT "
 # Lines of a server's log that mean something went wrong during a run.
 LOG_PROBLEMS = ("WARNING", "ERROR", "CRITICAL", "Traceback")
 
@@ -189,24 +195,9 @@ def run_wrk(
         str(args.threads),
         str(start),
     ]
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        preexec_fn=die_with_parent,  # the runner starts no threads, so it is safe
-    )
-    began = time.monotonic()
-    try:
-        # Loading the events file happens before wrk's clock starts; allow for it.
-        stdout, _ = process.communicate(timeout=seconds + 120)
-    finally:
-        stop(process, grace_seconds=5)
-    wall_s = time.monotonic() - began
-    marker = next((line for line in stdout.splitlines() if line.startswith(RESULT_MARKER)), None)
-    if process.returncode != 0 or marker is None:
-        raise BenchError(f"wrk failed ({process.returncode}):\n{stdout}")
-    result = json.loads(marker.removeprefix(RESULT_MARKER))
+    # Loading the events file happens before wrk's clock starts; allow for it.
+    report = run_reporting(command, timeout_s=seconds + 120)
+    result = report.result
     latency = result["latency_us"]
     return WrkRun(
         command=command,
@@ -226,8 +217,8 @@ def run_wrk(
         start=result["start"],
         next_start=result["next_start"],
         socket_errors=result["socket_errors"],
-        wall_s=wall_s,
-        stdout=stdout,
+        wall_s=report.wall_s,
+        stdout=report.stdout,
     )
 
 
@@ -650,7 +641,7 @@ def events_needed(args: argparse.Namespace) -> int:
     # One server start consumes warm-up + measurements; the file restarts at 0 for the next one.
     # 1.5x headroom, plus what is in flight when each wrk stops.
     seconds = args.warmup + args.duration * args.consecutive
-    return int(args.max_rate * seconds * 1.5) + 4 * (1 + args.consecutive) * int(args.connections)
+    return int(args.max_rate * seconds * 1.5) + int(4 * (1 + args.consecutive) * args.connections)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -58,7 +58,6 @@ from bench.ingest.run import (
     ENDPOINT,
     LOG_PROBLEMS,
     LUA_SCRIPT,
-    RESULT_MARKER,
     WrkRun,
     _machine_cpu,
     _process_cpu_seconds,
@@ -68,7 +67,7 @@ from bench.ingest.run import (
     service_env,
     stored_events,
 )
-from bench.processes import BenchError, die_with_parent, stop, unwind_on_signals
+from bench.processes import RESULT_MARKER, BenchError, die_with_parent, stop, unwind_on_signals
 from config import Settings
 from mirror import (
     MAX_LIMIT,

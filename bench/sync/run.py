@@ -872,11 +872,7 @@ def report_throughput(
     second = [r for r in rows if r["pass"] == SECOND_PASS]
     body = [
         [
-            r["scenario"],
-            r["database"],
-            r["patients"],
-            _shown_tool(r),
-            r["rounds"] - r["failed"],
+            *_run_columns(r),
             _fmt(r["median_records_per_s"], 0),
             _fmt(r["median_wall_s"]),
             _fmt(r["median_pass_s"]),
@@ -989,6 +985,12 @@ def _verdict(value: float | None, goal: float, *, at_least: bool) -> str:
     return f"{'ok' if met else 'MISSED'} ({value:.2f}x)"
 
 
+def _run_columns(row: dict[str, Any]) -> list[object]:
+    """What the throughput tables start each row with: which runs it is, and how many ran."""
+    return [row["scenario"], row["database"], row["patients"], _shown_tool(row),
+            row["rounds"] - row["failed"]]  # fmt: skip
+
+
 def _report_second_pass(second: Sequence[dict[str, Any]]) -> list[str]:
     """The steady state: each tool again into the database its first pass filled."""
     lines = [
@@ -997,11 +999,7 @@ def _report_second_pass(second: Sequence[dict[str, Any]]) -> list[str]:
     ]
     body = [
         [
-            r["scenario"],
-            r["database"],
-            r["patients"],
-            _shown_tool(r),
-            r["rounds"] - r["failed"],
+            *_run_columns(r),
             _fmt(r["median_wall_s"]),
             _fmt(r["median_pass_s"]),
             _fmt(r["median_cpu_s"]),
