@@ -19,9 +19,8 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import Engine
 
 from config import Settings
@@ -40,6 +39,9 @@ from mirror import (
 from sync.client import RateBudgetListener, UpstreamError, rate_budget_listener
 from sync.job import run_reconcile, run_refresh
 
+if TYPE_CHECKING:
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
 log = logging.getLogger(__name__)
 
 _RETRY_JOB = "reconcile-retry"
@@ -51,6 +53,10 @@ _RETENTION_INTERVAL = timedelta(hours=1)
 
 def build_scheduler(settings: Settings, engine: Engine) -> AsyncIOScheduler:
     """A scheduler with both jobs; the caller starts it on its event loop and shuts it down."""
+    # Imported here: `sync` and the other one-off commands import this package, not a scheduler.
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+    from apscheduler.triggers.interval import IntervalTrigger
+
     scheduler = AsyncIOScheduler(timezone=UTC)
 
     async def full_reconcile() -> None:
@@ -175,6 +181,7 @@ def _add_pruning(
     scheduler: AsyncIOScheduler, job_id: str, prune: Callable[[], int], what: str, removed_what: str
 ) -> None:
     """An hourly job running ``prune`` (in a thread), logging what it removed."""
+    from apscheduler.triggers.interval import IntervalTrigger
 
     async def run() -> None:
         try:

@@ -93,3 +93,15 @@ def test_serve_refuses_an_unmigrated_postgres(postgres_url: str) -> None:
     result = CliRunner().invoke(main, ["serve"], env={"HEALTHDOCK_DATABASE_URL": postgres_url})
     assert result.exit_code != 0
     assert "run `healthdock-mirror migrate` first" in result.output
+
+
+def test_commands_start_without_loading_alembic_or_the_scheduler() -> None:
+    # Every command checks the schema at start-up; only `migrate` needs Alembic for it, and
+    # only `serve` and `worker` a scheduler: the others do not pay for importing them.
+    probe = (
+        "import sys, healthdock_mirror.cli; "
+        "print(sorted({'alembic', 'apscheduler'} & set(sys.modules)))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            check=True)  # fmt: skip
+    assert result.stdout.strip() == "[]"

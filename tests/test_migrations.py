@@ -134,3 +134,23 @@ def test_alembic_on_its_own_reads_the_zone_from_the_settings(
     with engine.connect() as connection:
         assert local_date_zone(connection) == "Europe/Lisbon"
     engine.dispose()
+
+
+def test_the_head_constant_is_alembics_head() -> None:
+    # The schema check trusts HEAD_REVISION; a migration added without updating it fails here.
+    from alembic.script import ScriptDirectory
+
+    from mirror.migrate import HEAD_REVISION, alembic_config
+
+    assert ScriptDirectory.from_config(alembic_config()).get_heads() == [HEAD_REVISION]
+
+
+def test_a_schema_behind_the_head_is_not_current(database_url: str) -> None:
+    engine = create_mirror_engine(database_url)
+    upgrade(engine, _BEFORE_LOCAL_DATES)
+    assert current_revision(engine) == _BEFORE_LOCAL_DATES
+    assert not is_current(engine)
+    upgrade(engine)
+    assert is_current(engine)
+    engine.dispose()
+
