@@ -134,12 +134,18 @@ _LOCAL_TIMEZONE = "local_timezone"
 
 
 def create_mirror_engine(
-    database_url: str, *, timeout_seconds: float = 5.0, local_timezone: ZoneInfo | None = None
+    database_url: str,
+    *,
+    timeout_seconds: float = 5.0,
+    local_timezone: ZoneInfo | None = None,
+    key_lookups_only: bool = False,
 ) -> Engine:
     """An engine for ``database_url`` tuned for this service's durability promises.
 
     Its connections carry ``local_timezone`` (default Asia/Kolkata) to the writers of the
     mirror (see :func:`local_timezone`), which compute local dates in it without a query.
+    ``key_lookups_only`` is for an engine whose every statement finds its rows by a key (the
+    receiver's committer): on PostgreSQL its statements keep their plans (see below).
     """
     execution = {_LOCAL_TIMEZONE: local_timezone or ZoneInfo(DEFAULT_TIMEZONE)}
     url = make_url(database_url)
@@ -154,7 +160,16 @@ def create_mirror_engine(
     # of patients was cheapest then), and kept while the table grew, until an ANALYZE. A
     # receiver's rate fell from 2,381 to 799 events/s over six 8-second runs that way (27k
     # rows). Plans made for each execution's values cost a fraction of a millisecond.
-    options += " -c plan_cache_mode=force_custom_plan"
+    if not key_lookups_only:
+        options += " -c plan_cache_mode=force_custom_plan"
+    else:
+        # ... but the committer runs six or so statements a batch, and planning each again
+        # was a sixth of PostgreSQL's CPU per event: kept plans took it from 179 to 150 us in
+        # batches of 16, 119 to 99 in batches of 32 (bench/ingest/committer.py's measure, 4
+        # alternating rounds). Its statements all find rows by a unique index, so sequential
+        # scans are ruled out instead: a plan made on an empty table is then the index scan
+        # it still needs at any size (tests/mirror/test_database.py), and can be kept.
+        options += " -c enable_seqscan=off"
     url = url.update_query_dict({"options": options.strip()})
     engine = create_engine(
         url,

@@ -71,7 +71,10 @@ def run_committer(
     configure_logging(dataclasses.replace(logging_options, secrets=secrets))
     # The committer writes appointments: their local dates are in the receiver's zone.
     engine = create_mirror_engine(
-        database_url, timeout_seconds=timeout_seconds, local_timezone=local_timezone
+        database_url,
+        timeout_seconds=timeout_seconds,
+        local_timezone=local_timezone,
+        key_lookups_only=True,  # ingest's statements alone run on it
     )
     channel.send_bytes(frames.encode_answer(frames.Ready()))
     log.info("committer started (pid %d)", os.getpid())

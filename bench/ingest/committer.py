@@ -145,7 +145,7 @@ def measure(
 ) -> Measurement:
     """Ingest ``items`` into the empty, migrated database at ``url``: the first ``prefill``
     256 at a time, unmeasured, then the rest ``batch_size`` at a time."""
-    engine = create_mirror_engine(url)
+    engine = create_mirror_engine(url, key_lookups_only=True)  # as the committer's is
     try:
         for start in range(0, prefill, 256):
             ingest(engine, items[start : min(start + 256, prefill)])

@@ -135,7 +135,9 @@ def test_postgresql_sessions_plan_each_statement_for_its_values(postgres_url: st
     try:
         with engine.connect() as connection:
             mode = connection.exec_driver_sql("SHOW plan_cache_mode").scalar()
+            scans = connection.exec_driver_sql("SHOW enable_seqscan").scalar()
         assert mode == "force_custom_plan"
+        assert scans == "on"  # analysts' and FHIR searches may need a scan
     finally:
         engine.dispose()
 
@@ -163,3 +165,39 @@ def test_a_pooled_connection_that_died_while_idle_is_replaced(
     finally:
         engine.dispose()
         other.dispose()
+
+
+def test_the_committers_kept_plans_stay_index_scans_as_the_table_grows(postgres_url: str) -> None:
+    """The committer's engine keeps generic plans (key_lookups_only): one made on an empty
+    table must still be the primary key's index scan once the table has grown; on a session
+    that may scan, the same statement kept the scan it chose while the table was empty."""
+    from mirror.migrate import upgrade
+
+    read = (
+        "SELECT id, content_version, deleted_version FROM patients "
+        "WHERE id = ANY(ARRAY(SELECT json_array_elements_text($1::json)))"
+    )
+    engine = create_mirror_engine(postgres_url, key_lookups_only=True)
+    try:
+        upgrade(engine)
+        plans = {}
+        for may_scan in (False, True):
+            with engine.connect() as connection:
+                if may_scan:
+                    connection.exec_driver_sql("SET enable_seqscan = on")
+                connection.exec_driver_sql("TRUNCATE patients")
+                connection.exec_driver_sql(f"PREPARE states_read(text) AS {read}")
+                for _ in range(6):  # PostgreSQL weighs a generic plan from the sixth on
+                    connection.exec_driver_sql("EXECUTE states_read('[\"PAT1\"]')").all()
+                connection.exec_driver_sql(
+                    "INSERT INTO patients (id, content_version, raw, mirrored_at) "
+                    "SELECT 'PAT' || n, 'v', '{}', now() FROM generate_series(1, 20000) n"
+                )
+                plan = connection.exec_driver_sql("EXPLAIN EXECUTE states_read('[\"PAT1\"]')")
+                plans[may_scan] = "\n".join(row[0] for row in plan)
+                connection.rollback()
+        assert "pk_patients" in plans[False]  # an index scan, or a bitmap one, on the key
+        assert "Seq Scan on patients" not in plans[False]
+        assert "Seq Scan on patients" in plans[True]  # what the setting guards against
+    finally:
+        engine.dispose()
