@@ -35,6 +35,7 @@ from tenacity import (
 from config import MirrorError
 from mirror import Resource
 from sync.credentials import ApiKey, Credentials
+from sync.network import http_transport
 from sync.pacer import Pacer, RateLimit, read_rate_limit, retry_after
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class HealthDockClient:
             base_url=base_url.rstrip("/") + "/",
             headers={"Accept": "application/json"},
             timeout=timeout_seconds,
-            transport=transport,
+            transport=transport if transport is not None else http_transport(),
         )
         self._pacer = Pacer(reserve)
         self._slot_lock = asyncio.Lock()
