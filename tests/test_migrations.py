@@ -153,4 +153,3 @@ def test_a_schema_behind_the_head_is_not_current(database_url: str) -> None:
     upgrade(engine)
     assert is_current(engine)
     engine.dispose()
-
