@@ -25,10 +25,8 @@ from typing import Any
 import httpcore
 import httpx
 
-# httpx's defaults (httpx.Limits() and the transport's): a pass holds at most its concurrency.
-_MAX_CONNECTIONS = 100
-_MAX_KEEPALIVE_CONNECTIONS = 20
-_KEEPALIVE_EXPIRY_SECONDS = 5.0
+# httpx's own defaults, as its transport would use them: a pass holds at most its concurrency.
+_LIMITS = httpx.Limits()
 
 
 def http_transport() -> httpx.AsyncBaseTransport | None:
@@ -38,9 +36,9 @@ def http_transport() -> httpx.AsyncBaseTransport | None:
     transport = httpx.AsyncHTTPTransport()
     pool = httpcore.AsyncConnectionPool(
         ssl_context=httpx.create_ssl_context(),
-        max_connections=_MAX_CONNECTIONS,
-        max_keepalive_connections=_MAX_KEEPALIVE_CONNECTIONS,
-        keepalive_expiry=_KEEPALIVE_EXPIRY_SECONDS,
+        max_connections=_LIMITS.max_connections,
+        max_keepalive_connections=_LIMITS.max_keepalive_connections,
+        keepalive_expiry=_LIMITS.keepalive_expiry,
         network_backend=_SocketOnceBackend(httpcore.AnyIOBackend()),
     )
     if not isinstance(getattr(transport, "_pool", None), httpcore.AsyncConnectionPool):

@@ -33,6 +33,7 @@ from sqlalchemy import Engine, func, select
 
 from bench.databases import pg_service_url, recreate_pg_database
 from bench.ingest.events import event_body
+from bench.processes import process_cpu_seconds
 from mirror import (
     EventSource,
     IncomingEvent,
@@ -46,7 +47,6 @@ from mirror import (
 from mirror.schema import webhook_events
 
 DATABASES = ("sqlite", "postgres")
-_TICKS = os.sysconf("SC_CLK_TCK")
 # What a webhook's stored headers look like after storable_headers (the receiver's).
 _HEADERS = [("host", "127.0.0.1:8150"), ("content-type", "application/json")]
 
@@ -116,17 +116,15 @@ def incoming_events(count: int, *, seed: int = 1) -> list[IncomingEvent]:
 
 def postgres_cpu_s() -> float:
     """CPU seconds (user + system) of every PostgreSQL process on this machine."""
-    total = 0
+    total = 0.0
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             if Path(f"/proc/{pid}/comm").read_text().strip() != "postgres":
                 continue
-            stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue  # it ended while we looked
-        fields = stat[stat.rfind(")") + 2 :].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / _TICKS
+        total += process_cpu_seconds(int(pid))
+    return total
 
 
 def stored(engine: Engine) -> int:
@@ -161,8 +159,9 @@ def measure(
         wall = time.perf_counter() - started
         committer_cpu = time.process_time() - cpu_before
         database_cpu = postgres_cpu_s() - database_before if postgres else None
-        if stored(engine) != len(items):
-            raise RuntimeError(f"{database}: {stored(engine)} events stored of {len(items)}")
+        count = stored(engine)
+        if count != len(items):
+            raise RuntimeError(f"{database}: {count} events stored of {len(items)}")
     finally:
         engine.dispose()
     return Measurement(

@@ -41,6 +41,7 @@ from bench.processes import (
     BenchError,
     die_with_parent,
     port_is_free,
+    process_cpu_seconds,
     run_reporting,
     stop,
     unwind_on_signals,
@@ -111,17 +112,6 @@ def running_server(
             yield process
         finally:
             stop(process)
-
-
-def _process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and all its threads, from /proc."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    # Fields after the command name, which is in parentheses and may itself contain spaces.
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _machine_cpu() -> tuple[int, int]:
@@ -359,9 +349,9 @@ def one_run(
         for _ in range(args.consecutive - 1):
             earlier.append(run_wrk(wrk, url, events, args, args.duration, start))
             start = earlier[-1].next_start
-        server_before, machine_before = _process_cpu_seconds(process.pid), _machine_cpu()
+        server_before, machine_before = process_cpu_seconds(process.pid), _machine_cpu()
         measured = run_wrk(wrk, url, events, args, args.duration, start)
-        server_after, machine_after = _process_cpu_seconds(process.pid), _machine_cpu()
+        server_after, machine_after = process_cpu_seconds(process.pid), _machine_cpu()
         run = Run(kind, server, round_number, measured, warmup, loadavg, [*earlier, measured])
         # Per second of measurement; wrk's event loading before its clock starts adds ~nothing.
         run.server_cpu_pct = 100 * (server_after - server_before) / measured.duration_s

@@ -50,13 +50,20 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from bench.databases import drop_pg_database, pg_service_url, pg_settings, recreate_pg_database
-from bench.processes import BenchError, die_with_parent, port_is_free, stop, unwind_on_signals
+from bench.processes import (
+    RESULT_MARKER,
+    BenchError,
+    die_with_parent,
+    port_is_free,
+    process_cpu_seconds,
+    stop,
+    unwind_on_signals,
+)
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 DLT_SCRIPT = HERE / "dlt_load.py"
 RESULTS = HERE / "results"
-RESULT_MARKER = "BENCH_RESULT "
 PARTS = ("throughput", "ratelimit", "memory")
 PART_ALIASES = {"a": "throughput", "b": "ratelimit", "c": "memory"}
 TOOLS = ("ours", "dlt")
@@ -95,17 +102,6 @@ def _log_problems(path: Path) -> list[str]:
     except OSError:
         return []
     return [line for line in text.splitlines() if any(p in line for p in LOG_PROBLEMS)]
-
-
-def _process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and all its threads, from /proc."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    # Fields after the command name, which is in parentheses and may itself contain spaces.
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _proc_status_kib(pid: int, *names: str) -> dict[str, int]:
@@ -248,7 +244,7 @@ class Fake:
         return dict(_get_json(self.base_url, "/_fake/stats")["data"]["api"])
 
     def cpu_s(self) -> float:
-        return _process_cpu_seconds(self.process.pid)
+        return process_cpu_seconds(self.process.pid)
 
 
 def _get_json(base_url: str, path: str, timeout: float = 10) -> Any:
