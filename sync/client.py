@@ -24,6 +24,7 @@ from datetime import date
 from typing import Any
 
 import httpx
+import msgspec
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -272,8 +273,9 @@ class HealthDockClient:
         if status != 200:
             raise UpstreamError(f"{what}: HealthDock answered {status}: {_error_code(response)}")
         try:
-            document = response.json()
-        except ValueError:
+            # msgspec decodes a page in half the time of the json module httpx would use.
+            document = msgspec.json.decode(response.content)
+        except (ValueError, RecursionError):  # msgspec.DecodeError is a ValueError
             self.stats.errors += 1
             log.warning("%s: unreadable body (truncated?)", what)
             raise _Retryable("unreadable body") from None

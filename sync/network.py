@@ -1,28 +1,26 @@
-"""The reconciler's HTTP transport: httpx's own, with one cost of its connection pool removed.
+"""The reconciler's HTTP transport: httpx's interface, aiohttp's connections and parser.
 
-Before it assigns or releases a request, httpcore's pool asks each of its connections whether
-it has expired, and an idle one whether the server closed it: a ``poll`` of its socket. The
-AnyIO stream finds that socket by building the dictionary of all its typed attributes, and
-that calls ``getpeername``; with the 16 connections of a pass, for every request. Profiled
-(py-spy) on a 20,000-patient pass with 50-150 ms a page, it was a fifth of the time of a page
-fetch, on the event loop that also parses every page. Here each stream's socket is looked up
-once, when it connects, and the same ``poll`` answers. Everything else (TLS, timeouts, the
-pool's limits, httpx's error mapping) is httpx's and httpcore's own.
+A pass's CPU goes to HTTP more than to anything else but the ordering guard. httpx's own
+transport (httpcore, its HTTP/1.1 state machine h11, and AnyIO under it) is written in Python
+and costs 0.88 ms of CPU a 100-record page on this project's 2-core VM; aiohttp parses HTTP
+in C (llhttp) and keeps its own pool: 0.53 ms a page through this transport, 0.26 ms alone
+(``bench/sync/lean_pass.py``, and the figures in the README). The client keeps httpx's
+interface, so its requests, its retries and the tests' in-process transports stay as they
+were; only the connections change.
 
-An environment that names a proxy (``HTTPS_PROXY`` and the like) keeps httpx's default
-transport, which honours it.
+aiohttp does not send a request again by itself (it would resend a GET whose kept-alive
+connection had closed: a request the pacer never granted). The body is read whole (a page is
+tens of kilobytes), undecoded: httpx decodes it as the ``Content-Encoding`` says, as with its
+own transport. aiohttp's errors become httpx's, each as the nearest ``httpx.TransportError``,
+which the client retries. An environment that names a proxy (``HTTPS_PROXY`` and the like)
+keeps httpx's default transport, which honours it.
 """
 
 from __future__ import annotations
 
-import select
-import socket
-import ssl
 import urllib.request
-from collections.abc import Iterable
-from typing import Any
 
-import httpcore
+import aiohttp
 import httpx
 
 # httpx's own defaults, as its transport would use them: a pass holds at most its concurrency.
@@ -33,80 +31,85 @@ def http_transport() -> httpx.AsyncBaseTransport | None:
     """The transport for HealthDock's API; None (httpx's default) where a proxy is set."""
     if urllib.request.getproxies():
         return None
-    transport = httpx.AsyncHTTPTransport()
-    pool = httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(),
-        max_connections=_LIMITS.max_connections,
-        max_keepalive_connections=_LIMITS.max_keepalive_connections,
-        keepalive_expiry=_LIMITS.keepalive_expiry,
-        network_backend=_SocketOnceBackend(httpcore.AnyIOBackend()),
-    )
-    if not isinstance(getattr(transport, "_pool", None), httpcore.AsyncConnectionPool):
-        # Another httpx keeps its pool elsewhere: its own transport is used as it is
-        # (tests/sync/test_network.py fails on that version, so it does not go unnoticed).
-        return transport
-    transport._pool = pool  # the pool httpx would build, on the backend below
-    return transport
+    return AiohttpTransport()
 
 
-class _SocketOnceStream(httpcore.AsyncNetworkStream):
-    """An httpcore stream whose socket, for the pool's closed-by-the-server check, is found
-    once."""
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """httpx requests sent on an aiohttp session, made at the first request (aiohttp wants a
+    running event loop) and closed with the transport."""
 
-    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
-        self._inner = inner
-        self._socket: socket.socket | None = inner.get_extra_info("socket")
+    def __init__(self, limits: httpx.Limits = _LIMITS) -> None:
+        self._limits = limits
+        self._session: aiohttp.ClientSession | None = None
 
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self._inner.read(max_bytes, timeout)
+    def _open(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=self._limits.max_connections or 0,
+            keepalive_timeout=self._limits.keepalive_expiry or 0,
+        )
+        # Our headers only: httpx has set Accept-Encoding and the rest on the request.
+        session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            skip_auto_headers=("Accept-Encoding", "User-Agent"),
+        )
+        # aiohttp sends a GET again, once, when a kept-alive connection turns out closed. The
+        # client must see every request it sends: each takes a slot of the rate budget and is
+        # counted on the pass's run, and the client retries with its own backoff. aiohttp's
+        # own test client turns the retry off the same way (tests/sync/test_network.py fails
+        # where the attribute no longer does it).
+        session._retry_connection = False
+        return session
 
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self._inner.write(buffer, timeout)
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._session is None:
+            self._session = self._open()
+        timeout = request.extensions.get("timeout", {})
+        try:
+            async with self._session.request(
+                request.method,
+                str(request.url),
+                headers=request.headers.multi_items(),
+                data=request.content or None,
+                allow_redirects=False,  # httpx decides (the client follows none)
+                timeout=aiohttp.ClientTimeout(
+                    connect=timeout.get("pool"),
+                    sock_connect=timeout.get("connect"),
+                    sock_read=timeout.get("read"),
+                ),
+            ) as response:
+                body = await response.read()
+                return httpx.Response(
+                    response.status,
+                    headers=response.raw_headers,
+                    content=body,
+                    request=request,
+                    extensions={"http_version": b"HTTP/1.1"},
+                )
+        except (TimeoutError, aiohttp.ClientError) as error:
+            raise _as_httpx(error, request) from error
 
     async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        return _SocketOnceStream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "is_readable" and self._socket is not None:
-            # What httpcore asks of an idle connection: readable means the server closed it
-            # (or sent what it should not have); either way the connection is not reused.
-            poller = select.poll()
-            poller.register(self._socket, select.POLLIN)
-            return bool(poller.poll(0))
-        return self._inner.get_extra_info(info)
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
 
 
-class _SocketOnceBackend(httpcore.AsyncNetworkBackend):
-    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
-        self._inner = inner
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
-        return _SocketOnceStream(stream)
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        stream = await self._inner.connect_unix_socket(path, timeout, socket_options)
-        return _SocketOnceStream(stream)
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
+def _as_httpx(error: Exception, request: httpx.Request) -> httpx.TransportError:
+    """The httpx error nearest to aiohttp's ``error``; its text names no header or body."""
+    kind: type[httpx.TransportError]
+    if isinstance(error, aiohttp.ConnectionTimeoutError):
+        kind = httpx.ConnectTimeout
+    elif isinstance(error, TimeoutError):
+        kind = httpx.ReadTimeout
+    elif isinstance(error, aiohttp.ClientConnectorError):
+        kind = httpx.ConnectError
+    elif isinstance(error, aiohttp.ClientPayloadError | aiohttp.ClientOSError):
+        kind = httpx.ReadError  # a body cut short, a connection reset
+    elif isinstance(error, aiohttp.ServerDisconnectedError | aiohttp.ClientResponseError):
+        kind = httpx.RemoteProtocolError  # closed before answering, or not HTTP
+    elif isinstance(error, aiohttp.InvalidURL):
+        kind = httpx.UnsupportedProtocol
+    else:
+        kind = httpx.NetworkError
+    return kind(type(error).__name__, request=request)
