@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from config import MirrorError
-from mirror.versions import Action, VersionError, parse_instant, version_key
+from mirror.versions import Action, VersionError, parse_instant, version_key_at
 
 
 class PayloadError(MirrorError, ValueError):
@@ -186,10 +186,6 @@ def record_write(
     resource: Resource, action: Action, timestamp: object, record: Mapping[str, Any]
 ) -> RecordWrite:
     """The write that puts ``record`` (as of ``timestamp``) into the mirror."""
-    try:
-        instant = parse_instant(timestamp)
-    except VersionError as exc:
-        raise PayloadError(f"timestamp: {exc}") from None
     record_id = record_id_of(resource, record)
     fields = None if action is Action.DELETE else record
     content: dict[str, Any] | None = None
@@ -199,7 +195,11 @@ def record_write(
         content.pop("id", None)
         content.pop(_ID_FIELDS[resource], None)
     digest = content_digest([record_id, content])
-    return RecordWrite(resource, record_id, action, version_key(instant, action, digest), fields)
+    try:
+        version = version_key_at(timestamp, action, digest)
+    except VersionError as exc:
+        raise PayloadError(f"timestamp: {exc}") from None
+    return RecordWrite(resource, record_id, action, version, fields)
 
 
 def read_event(body: bytes) -> Event:

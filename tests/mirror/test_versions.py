@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mirror.versions import VersionError, parse_instant, parse_moment
+from mirror.versions import (
+    Action,
+    VersionError,
+    parse_instant,
+    parse_moment,
+    version_key,
+    version_key_at,
+)
 
 
 def test_zulu_and_offset_forms_of_one_moment_are_equal() -> None:
@@ -136,3 +143,52 @@ def test_typed_columns_read_the_same_moment_as_the_version(
 def test_more_than_nine_fraction_digits_are_refused() -> None:
     with pytest.raises(VersionError):
         parse_instant("2024-01-12T10:30:00.1234567891+05:30")
+
+
+def _exact_key(text: object, action: Action, digest: str) -> str | None:
+    try:
+        return version_key(parse_instant(text), action, digest)
+    except VersionError:
+        return None
+
+
+def _shortcut_key(text: object, action: Action, digest: str) -> str | None:
+    try:
+        return version_key_at(text, action, digest)
+    except VersionError:
+        return None
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    moment=st.datetimes(
+        min_value=datetime.datetime(1, 1, 1), max_value=datetime.datetime(9999, 12, 31, 23, 59)
+    ),
+    action=st.sampled_from(Action),
+    # HealthDock's form, then each of its characters replaced by anything, leap seconds too.
+    spot=st.one_of(st.none(), st.integers(min_value=0, max_value=23)),
+    replacement=st.characters(),
+    leap=st.booleans(),
+)
+def test_the_key_of_healthdocks_usual_timestamp_is_the_exact_parsers(
+    moment: datetime.datetime, action: Action, spot: int | None, replacement: str, leap: bool
+) -> None:
+    """version_key_at builds no Instant for ``YYYY-MM-DDTHH:MM:SS.mmmZ``: the same key as the
+    exact parser, and the same refusal of what is not an instant."""
+    text = moment.isoformat(timespec="milliseconds") + "Z"
+    if leap:
+        text = text[:17] + "60" + text[19:]
+    if spot is not None:
+        text = text[:spot] + replacement + text[spot + 1 :]
+    assert _shortcut_key(text, action, "ab" * 32) == _exact_key(text, action, "ab" * 32)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["2026-04-01T20:06:56.396Z", "2026-04-01T20:06:56.396+05:30", "2026-04-01T20:06:56Z",
+     "2026-04-01T20:06:56.396123456Z", "2026-04-01 20:06:56.396Z", 17, None],
+)  # fmt: skip
+def test_every_other_form_keeps_the_exact_path(text: object) -> None:
+    assert _shortcut_key(text, Action.UPDATE, "cd" * 32) == _exact_key(
+        text, Action.UPDATE, "cd" * 32
+    )
