@@ -5,15 +5,15 @@ transport (httpcore, its HTTP/1.1 state machine h11, and AnyIO under it) is writ
 and costs 0.88 ms of CPU a 100-record page on this project's 2-core VM; aiohttp parses HTTP
 in C (llhttp) and keeps its own pool: 0.53 ms a page through this transport, 0.26 ms alone
 (``bench/sync/lean_pass.py``, and the figures in the README). The client keeps httpx's
-interface, so its requests, its retries and the tests' in-process transports stay as they
-were; only the connections change.
+transport interface, so its requests, its retries and the tests' in-process transports stay
+as they were; only the connections change.
 
 aiohttp does not send a request again by itself (it would resend a GET whose kept-alive
 connection had closed: a request the pacer never granted). The body is read whole (a page is
 tens of kilobytes), undecoded: httpx decodes it as the ``Content-Encoding`` says, as with its
 own transport. aiohttp's errors become httpx's, each as the nearest ``httpx.TransportError``,
-which the client retries. An environment that names a proxy (``HTTPS_PROXY`` and the like)
-keeps httpx's default transport, which honours it.
+which the client retries. A proxy the environment names (``HTTPS_PROXY``, ``NO_PROXY`` and
+the like) is used, as httpx would.
 """
 
 from __future__ import annotations
@@ -27,10 +27,8 @@ import httpx
 _LIMITS = httpx.Limits()
 
 
-def http_transport() -> httpx.AsyncBaseTransport | None:
-    """The transport for HealthDock's API; None (httpx's default) where a proxy is set."""
-    if urllib.request.getproxies():
-        return None
+def http_transport() -> httpx.AsyncBaseTransport:
+    """The transport for HealthDock's API."""
     return AiohttpTransport()
 
 
@@ -41,6 +39,17 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     def __init__(self, limits: httpx.Limits = _LIMITS) -> None:
         self._limits = limits
         self._session: aiohttp.ClientSession | None = None
+        # Each origin's proxy, read from the environment once: aiohttp's trust_env reads it
+        # again at every request, a fifteenth of a page's CPU.
+        self._proxies: dict[tuple[str, str], str | None] = {}
+
+    def _proxy(self, url: httpx.URL) -> str | None:
+        origin = (url.scheme, url.host)
+        if origin not in self._proxies:
+            proxy = urllib.request.getproxies().get(url.scheme)
+            bypassed = proxy is not None and urllib.request.proxy_bypass(url.host)
+            self._proxies[origin] = None if bypassed else proxy
+        return self._proxies[origin]
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
@@ -72,6 +81,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 headers=request.headers.multi_items(),
                 data=request.content or None,
                 allow_redirects=False,  # httpx decides (the client follows none)
+                proxy=self._proxy(request.url),
                 timeout=aiohttp.ClientTimeout(
                     connect=timeout.get("pool"),
                     sock_connect=timeout.get("connect"),

@@ -43,7 +43,6 @@ def test_a_pass_worth_of_requests_does_not_ask_each_socket_its_peer(
 
         async def fetch_all() -> list[int]:
             transport = http_transport()
-            assert transport is not None
             headers = {"Authorization": f"Bearer {API_KEY}"}
             async with httpx.AsyncClient(base_url=base_url + "/v1", transport=transport,
                                          headers=headers) as client:  # fmt: skip
@@ -87,7 +86,6 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:
     async def twice() -> tuple[list[int], list[int]]:
         async with closing_server() as (url, served):
             transport = http_transport()
-            assert transport is not None
             async with httpx.AsyncClient(transport=transport) as client:
                 statuses = []
                 for _ in range(2):
@@ -100,28 +98,48 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:
     assert served == [1, 1]  # the second request went on a new connection
 
 
-def test_a_proxy_in_the_environment_keeps_httpxs_own_transport(
+def test_a_proxy_the_environment_names_carries_the_requests(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.hospital.example:3128")
-    assert http_transport() is None
+    """A hospital's egress proxy, named as httpx would read it (HTTP_PROXY here; HTTPS_PROXY
+    tunnels TLS the same way): the request goes to it, in absolute form."""
+    lines: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        writer.write(answer(b'{"via": "proxy"}'))
+        await writer.drain()
+
+    async def scenario() -> list[str]:
+        async with scripted_server(proxy, lines) as (proxy_url, _):
+            monkeypatch.setenv("HTTP_PROXY", proxy_url)
+            monkeypatch.delenv("NO_PROXY", raising=False)
+            monkeypatch.delenv("no_proxy", raising=False)
+            return await get_all("http://healthdock.invalid/v1/patients?page=1", 1)
+
+    assert asyncio.run(scenario()) == ["200 {'via': 'proxy'}"]
+    assert lines == [b"GET http://healthdock.invalid/v1/patients?page=1 HTTP/1.1"]
 
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 
 
 @asynccontextmanager
-async def scripted_server(handler: Handler) -> AsyncIterator[tuple[str, list[int]]]:
+async def scripted_server(
+    handler: Handler, lines: list[bytes] | None = None
+) -> AsyncIterator[tuple[str, list[int]]]:
     """A loopback server; ``handler`` gets each request's reader, writer and its number on
-    the connection (from 1). Yields its URL and the requests each connection got."""
+    the connection (from 1). Yields its URL and the requests each connection got; each
+    request line goes to ``lines``, if given."""
     served: list[int] = []
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         served.append(0)
         try:
             while True:
-                await reader.readuntil(b"\r\n\r\n")
+                head = await reader.readuntil(b"\r\n\r\n")
                 served[-1] += 1
+                if lines is not None:
+                    lines.append(head.split(b"\r\n", 1)[0])
                 await handler(reader, writer, served[-1])
                 if writer.is_closing():
                     return
@@ -144,7 +162,6 @@ def answer(body: bytes, *extra: bytes) -> bytes:
 async def get_all(url: str, times: int, timeout_seconds: float = 5.0) -> list[str]:
     """Each request's status, or the name of the httpx error it raised."""
     transport = http_transport()
-    assert transport is not None
     outcomes = []
     async with httpx.AsyncClient(transport=transport, timeout=timeout_seconds) as client:
         for _ in range(times):

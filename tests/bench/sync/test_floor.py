@@ -42,17 +42,23 @@ timestamps = st.builds(
     st.datetimes(min_value=datetime(1971, 1, 2), max_value=datetime(9998, 12, 30)),
     st.sampled_from(["Z", "+05:30", "-03:00", "+00:00"]),
 )
+# What a JSON body decodes to: no lone surrogates.
+decoded_text = st.characters(blacklist_categories=("Cs",))
+ids_text = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
 listed_patients = st.fixed_dictionaries(
     {
-        "id": st.text(st.characters(blacklist_characters="\x00"), min_size=1, max_size=20),
-        "first_name": st.text(max_size=30),
-        "last_name": st.one_of(st.none(), st.text(max_size=30)),
+        "id": st.text(ids_text, min_size=1, max_size=20),
+        "first_name": st.text(decoded_text, max_size=30),
+        "last_name": st.one_of(st.none(), st.text(decoded_text, max_size=30)),
         "date_of_birth": st.dates().map(str),
         "phone": st.text(alphabet="+0123456789", max_size=14),
         "created_at": timestamps,
         "updated_at": timestamps,
     },
-    optional={"abha_number": st.text(max_size=16), "tags": st.lists(st.integers(), max_size=3)},
+    optional={
+        "abha_number": st.text(decoded_text, max_size=16),
+        "tags": st.lists(st.integers(), max_size=3),
+    },
 )
 
 
