@@ -22,6 +22,8 @@ QUIET_LOGGERS: Mapping[str, int] = {
     # Each request's URL, whose query can hold a search term (a patient's name).
     "httpx": logging.WARNING,
     "httpcore": logging.WARNING,
+    # The reconciler's connections (sync/network.py): the same URLs.
+    "aiohttp": logging.WARNING,
 }
 
 MASK = "[redacted]"

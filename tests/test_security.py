@@ -93,7 +93,7 @@ def everything_logged(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCa
     with caplog.at_level(logging.DEBUG):
         # Not sqlalchemy: it logs SQL parameters when its own logger is told to, and nothing
         # of ours does (SQLAlchemy keeps it at WARNING whatever the root logger's level).
-        for name in ("httpx", "httpcore", "uvicorn", "litestar"):
+        for name in ("httpx", "httpcore", "aiohttp", "uvicorn", "litestar"):
             caplog.set_level(logging.DEBUG, logger=name)
         yield caplog
 
@@ -243,7 +243,8 @@ def test_secrets_are_not_logged_at_debug_nor_echoed_in_answers(
                 await api.page(Resource.PATIENT, 1)
         return str(refused_key.value)
 
-    # On a real socket: the HTTP client's own lines (each request, its URL) are met.
+    # On a real socket, with every logger at DEBUG: the reconciler's connections are
+    # aiohttp's, which log nothing of a request; httpx's client lines are the test client's.
     with serve_in_thread(fake) as base_url:
         refusal = asyncio.run(reconcile_then_use_a_wrong_key(f"{base_url}/v1"))
     assert "401" in refusal
