@@ -55,6 +55,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         connector = aiohttp.TCPConnector(
             limit=self._limits.max_connections or 0,
             keepalive_timeout=self._limits.keepalive_expiry or 0,
+            # httpx's trust: certifi's roots, or SSL_CERT_FILE / SSL_CERT_DIR when set (a
+            # hospital's own CA), as before the move to aiohttp (whose default is the system's).
+            ssl=httpx.create_ssl_context(),
         )
         # Our headers only: httpx has set Accept-Encoding and the rest on the request.
         session = aiohttp.ClientSession(

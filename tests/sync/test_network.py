@@ -8,14 +8,22 @@ aiohttp carries the connections; what the client relies on is httpx's behaviour:
 from __future__ import annotations
 
 import asyncio
+import datetime
 import gzip
+import ipaddress
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from fake_healthdock import FakeHealthDock, serve_in_thread
 from sync.network import http_transport
@@ -125,7 +133,7 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[
 
 @asynccontextmanager
 async def scripted_server(
-    handler: Handler, lines: list[bytes] | None = None
+    handler: Handler, lines: list[bytes] | None = None, tls: ssl.SSLContext | None = None
 ) -> AsyncIterator[tuple[str, list[int]]]:
     """A loopback server; ``handler`` gets each request's reader, writer and its number on
     the connection (from 1). Yields its URL and the requests each connection got; each
@@ -148,10 +156,10 @@ async def scripted_server(
         finally:
             writer.close()
 
-    server = await asyncio.start_server(connection, "127.0.0.1", 0)
+    server = await asyncio.start_server(connection, "127.0.0.1", 0, ssl=tls)
     port = server.sockets[0].getsockname()[1]
     async with server:
-        yield f"http://127.0.0.1:{port}", served
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}", served
 
 
 def answer(body: bytes, *extra: bytes) -> bytes:
@@ -243,3 +251,54 @@ def test_a_gzipped_page_is_decoded_as_httpx_would() -> None:
             return await get_all(url, 2)
 
     assert asyncio.run(scenario()) == ["200 {'zipped': True}"] * 2
+
+
+def self_signed(directory: Path) -> tuple[ssl.SSLContext, Path]:
+    """A server context for 127.0.0.1 with a certificate no public root signed, and that
+    certificate's file (what a hospital's own CA would be)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "healthdock.hospital.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))  # fmt: skip
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    return context, cert_file
+
+
+def test_tls_is_verified_against_httpxs_roots_and_a_ca_the_environment_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A certificate no trusted root signed is refused; named in SSL_CERT_FILE (a hospital's
+    own CA, as httpx reads it), it is trusted."""
+    context, cert_file = self_signed(tmp_path)
+
+    async def ok(_: asyncio.StreamReader, writer: asyncio.StreamWriter, __: int) -> None:
+        writer.write(answer(b'{"tls": true}'))
+        await writer.drain()
+
+    async def scenario() -> list[str]:
+        async with scripted_server(ok, tls=context) as (url, _):
+            refused = await get_all(url, 1)
+            monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+            return refused + await get_all(url, 1)
+
+    assert asyncio.run(scenario()) == ["ConnectError", "200 {'tls': True}"]
