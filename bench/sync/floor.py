@@ -37,7 +37,7 @@ from bench.sync.run import (
     GOAL_STEADY_RECORDS_PER_CPU_S,
     RESULTS,
     Measured,
-    _base_env,
+    base_env,
     discard_database,
     fresh_database,
     last_sync_run,
@@ -159,7 +159,7 @@ def run_database(kind: str, args: argparse.Namespace, workdir: Path) -> list[Pas
                         command = lean_command(fake.base_url, url, args, tool)
                         log = workdir / f"{label}.log"
                         measured = checked(
-                            run_measured(command, _base_env(), workdir, log, args.timeout), label
+                            run_measured(command, base_env(), workdir, log, args.timeout), label
                         )
                         records = lean_records(measured, args.patients, label)
                     run = PassRun(kind, args.patients, tool, number, measured.cpu_s,
@@ -192,14 +192,14 @@ def lean_records(measured: Measured, patients: int, label: str) -> int:
 def startups(
     kind: str, url: str, base_url: str, workdir: Path, args: argparse.Namespace
 ) -> list[Startup]:
-    env = {**_base_env(), **ours_env(url, base_url, args)}
+    env = {**base_env(), **ours_env(url, base_url, args)}
     ours = run_measured([str(BIN / "healthdock-mirror"), "--help"], env, workdir,
                         workdir / f"{kind}-startup-ours.log", args.timeout)  # fmt: skip
     found = [Startup(kind, OURS, checked(ours, "healthdock-mirror --help").cpu_s)]
     for tool in (LEAN_AIOHTTP, LEAN_HTTPX):
         command = [*lean_command(base_url, url, args, tool), "--startup-only"]
         log = workdir / f"{kind}-startup-{_LEAN_CLIENT[tool]}.log"
-        lean = run_measured(command, _base_env(), workdir, log, args.timeout)
+        lean = run_measured(command, base_env(), workdir, log, args.timeout)
         found.append(Startup(kind, tool, checked(lean, f"{tool} --startup-only").cpu_s))
     return found
 

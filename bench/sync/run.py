@@ -220,7 +220,7 @@ def run_measured(
     )
 
 
-def _base_env() -> dict[str, str]:
+def base_env() -> dict[str, str]:
     """This environment without any HealthDock setting of the owner's, which would leak in."""
     return {
         k: v
@@ -309,7 +309,7 @@ def running_fake(
     with log.open("wb") as out:
         process = subprocess.Popen(
             command,
-            env=_base_env(),
+            env=base_env(),
             cwd=workdir,
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -438,7 +438,7 @@ def tree_env(tool: str, args: argparse.Namespace) -> dict[str, str]:
 def migrate(
     url: str, base_url: str, workdir: Path, args: argparse.Namespace, tool: str = "ours"
 ) -> None:
-    env = {**_base_env(), **ours_env(url, base_url, args), **tree_env(tool, args)}
+    env = {**base_env(), **ours_env(url, base_url, args), **tree_env(tool, args)}
     done = subprocess.run(
         [str(BIN / "healthdock-mirror"), "migrate"],
         env=env,
@@ -464,7 +464,7 @@ def run_ours(
     the baseline checkout's)."""
     env = {**ours_env(url, fake.base_url, args), **tree_env(tool, args)}
     # Wide enough that the command's summary table in the log is readable.
-    full_env = {**_base_env(), **env, "COLUMNS": "160"}
+    full_env = {**base_env(), **env, "COLUMNS": "160"}
     return run_measured(
         [str(BIN / "healthdock-mirror"), "sync", "patients"],
         full_env,
@@ -504,7 +504,7 @@ def run_dlt(
     ]
     return run_measured(
         command,
-        {**_base_env(), **env},
+        {**base_env(), **env},
         workdir,
         workdir / f"{label}.log",
         args.timeout,
@@ -1090,7 +1090,7 @@ def startup_probe(args: argparse.Namespace, workdir: Path, label: str) -> float:
     url = fresh_database("sqlite", workdir, label, args)
     base_url = f"http://{args.host}:{port}"
     migrate(url, base_url, workdir, args)
-    env = {**_base_env(), **ours_env(url, base_url, args), "HEALTHDOCK_API_ATTEMPTS": "1"}
+    env = {**base_env(), **ours_env(url, base_url, args), "HEALTHDOCK_API_ATTEMPTS": "1"}
     launched = time.time()
     subprocess.run(
         [str(BIN / "healthdock-mirror"), "sync", "patients"],
