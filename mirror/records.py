@@ -189,6 +189,11 @@ class _Statements:
         # Listed records that did not change: one statement marks a batch's worth of them.
         mark = f"UPDATE {table} SET {_SEEN[0]} = :run WHERE "
         self.mark_seen = {name: mark + by_id[name] for name in by_id}
+        # The same on rows not locked yet: locked first, in id order, as every writer locks.
+        self.mark_seen["postgresql, locked"] = (
+            f"UPDATE {table} SET {_SEEN[0]} = :run FROM (SELECT id FROM {table} WHERE "
+            f"{by_id['postgresql']} ORDER BY id FOR UPDATE) AS locked WHERE {table}.id = locked.id"
+        )
 
 
 def _update(table: str, columns: Sequence[tuple[str, str]]) -> BulkStatement:
@@ -236,11 +241,20 @@ def apply_writes(
         present = _states(connection, driver, sql, ids, lock=False)
         inserted = _insert_absent(connection, driver, sql, writes, positions, present, effects,
                                   stamp)  # fmt: skip
+        known = [i for i in positions if writes[i].record_id not in inserted]
         before = present
-        if driver.postgres:
+        if driver.postgres and known:
+            if _unchanged(writes, known, present, effects):
+                # The guard only raises versions, and no writer removes a row, so a write that
+                # changes nothing in the state read without a lock changes nothing in any later
+                # state either: those records need no second read, only their marks.
+                if stamp.seen_in_run is not None:
+                    seen = sorted({writes[i].record_id for i in known})
+                    driver.execute(connection, sql.mark_seen["postgresql, locked"],
+                                   {"run": stamp.seen_in_run, "ids": driver.ids(seen)})  # fmt: skip
+                continue
             # Locks are taken after the inserts, in id order, as every writer does: no cycles.
             before = _states(connection, driver, sql, [i for i in ids if i not in inserted])
-        known = [i for i in positions if writes[i].record_id not in inserted]
         after = _merge(writes, known, before, effects)
         _write_changes(connection, driver, sql, before, after, stamp)
     return effects
@@ -295,6 +309,18 @@ def _insert_absent(
     if driver.postgres:
         return {row[0] for row in result}
     return set(new)
+
+
+def _unchanged(
+    writes: Sequence[RecordWrite],
+    positions: Sequence[int],
+    before: Mapping[str, RecordState],
+    effects: list[Effect],
+) -> bool:
+    """Whether the writes at ``positions``, merged in order from ``before``, leave every record
+    as it was (each one's effect is then in ``effects``)."""
+    after = _merge(writes, positions, before, effects)
+    return all(before.get(record_id) == state for record_id, state in after.items())
 
 
 def _merge(

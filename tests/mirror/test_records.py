@@ -1,0 +1,181 @@
+"""mirror.records under concurrent writers: a reconcile pass marking the records it listed while
+webhooks change the same records, in every order, on both databases."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, delete, select
+
+import mirror.records
+from mirror.database import create_mirror_engine, write_transaction
+from mirror.events import RecordWrite, Resource, record_write
+from mirror.guard import RecordState, merge
+from mirror.migrate import upgrade
+from mirror.records import apply_writes
+from mirror.schema import patients
+from mirror.states import Effect
+from mirror.versions import Action
+from tests.factories import patient
+from tests.mirror.test_ingest import mirror_rows
+
+RUN = 7
+_IDS = [f"PAT{n:03d}" for n in range(48)]
+
+
+def _write(
+    record_id: str, moment: str, action: Action = Action.UPDATE, **fields: Any
+) -> RecordWrite:
+    return record_write(Resource.PATIENT, action, moment, patient(record_id, **fields))
+
+
+def _apply(engine: Engine, writes: Sequence[RecordWrite], run: int | None) -> list[Effect]:
+    return write_transaction(engine, lambda c: apply_writes(c, writes, seen_in_run=run))
+
+
+def _batches(seed: int) -> list[tuple[list[RecordWrite], int | None]]:
+    """A pass's listings (what the mirror holds already, or older: nothing to change) and
+    webhooks' newer writes and deletes, over the same records, in batches of mixed order."""
+    rng = random.Random(seed)
+    batches: list[tuple[list[RecordWrite], int | None]] = []
+    for listing in range(3):
+        order = rng.sample(_IDS, len(_IDS))
+        moment = "2024-01-02T00:00:00Z" if listing else "2024-01-01T00:00:00Z"
+        writes = [_write(i, moment, phone="1" if listing else "0") for i in order]
+        batches += [(writes[start : start + 12], RUN) for start in range(0, len(writes), 12)]
+    for hour in range(10, 16):
+        chosen = rng.sample(_IDS, 16)
+        moment = f"2024-01-03T{hour}:00:00Z"
+        writes = [
+            _write(i, moment, Action.DELETE)
+            if rng.random() < 0.2
+            else _write(i, moment, phone=str(hour))
+            for i in chosen
+        ]
+        batches += [(writes[:8], None), (writes[8:], None)]
+    # A pass's batch that also carries a newer version of a few records: the locked path.
+    newer = [_write(i, "2024-01-04T00:00:00Z", phone="new") for i in _IDS[:5]]
+    batches.append(
+        (newer + [_write(i, "2024-01-02T00:00:00Z", phone="1") for i in _IDS[20:30]], RUN)
+    )
+    rng.shuffle(batches)
+    return batches
+
+
+def _guarded(batches: Sequence[tuple[Sequence[RecordWrite], int | None]]) -> dict[str, object]:
+    """Each record's outcome by the guard alone: its phone, or that it is deleted."""
+    states = {i: merge(RecordState(), *_seed_write(i))[0] for i in _IDS}
+    for writes, _ in batches:
+        for write in writes:
+            states[write.record_id] = merge(
+                states[write.record_id], write.action, write.version, write.fields
+            )[0]
+    return {
+        i: "deleted" if state.deleted else (state.fields or {})["phone"]
+        for i, state in states.items()
+    }
+
+
+def _seed_write(record_id: str) -> tuple[Action, str, Any]:
+    write = _write(record_id, "2024-01-02T00:00:00Z", phone="1")
+    return write.action, write.version, write.fields
+
+
+def _outcomes(rows: dict[str, list[dict[str, Any]]]) -> dict[str, object]:
+    return {
+        row["id"]: "deleted" if row["deleted_at"] is not None else row["phone"]
+        for row in rows["patients"]
+    }
+
+
+def _clear(engine: Engine) -> None:
+    with engine.begin() as connection:
+        connection.execute(delete(patients))
+
+
+def _seed(engine: Engine) -> None:
+    _apply(
+        engine, [_write(i, "2024-01-02T00:00:00Z", phone="1") for i in _IDS], None
+    )  # _seed_write
+
+
+def test_passes_and_webhooks_writing_the_same_records_at_once_converge_without_deadlock(
+    engine: Engine,
+) -> None:
+    """Writers that lock records in different orders (a pass's listing, webhooks) neither
+    deadlock nor lose a write: the mirror ends as one writer applying every batch would leave
+    it, with every listed record marked by its pass."""
+    for seed in range(3):
+        batches = _batches(seed)
+        _seed(engine)
+        for writes, run in batches:
+            _apply(engine, writes, run)
+        expected = mirror_rows(engine)
+        assert _outcomes(expected) == _guarded(batches)
+        _clear(engine)
+
+        _seed(engine)
+        together = threading.Barrier(4)
+
+        def writer(
+            chunk: list[tuple[list[RecordWrite], int | None]],
+            together: threading.Barrier = together,
+        ) -> None:
+            together.wait()
+            for writes, run in chunk:
+                _apply(engine, writes, run)
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(writer, [batches[k::4] for k in range(4)]))
+        assert mirror_rows(engine) == expected
+        assert {row["seen_in_run"] for row in expected["patients"]} == {RUN}
+        _clear(engine)
+
+
+@pytest.fixture
+def postgres_engine(postgres_url: str) -> Iterator[Engine]:
+    mirror_engine = create_mirror_engine(postgres_url, timeout_seconds=2.0)
+    upgrade(mirror_engine)
+    yield mirror_engine
+    mirror_engine.dispose()
+
+
+def test_a_change_committed_after_a_pass_read_a_record_survives_the_pass(
+    postgres_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL a pass reads the records it listed without a lock and, finding nothing to
+    change, only marks them. A webhook that commits a newer version of one in between keeps
+    it, and the pass still marks it. (SQLite has one writer at a time: no in between.)"""
+    engine = postgres_engine
+    _seed(engine)
+    decided = mirror.records._unchanged
+    interleaved: list[list[Effect]] = []
+    webhook = threading.local()  # the webhook's own apply_writes decides as usual
+
+    def webhook_in_between(*args: Any) -> bool:
+        verdict = decided(*args)
+        if not interleaved and not getattr(webhook, "running", False):
+            webhook.running = True
+            late = _write("PAT001", "2024-01-05T00:00:00Z", phone="late")
+            interleaved.append(_apply(engine, [late], None))
+        return verdict
+
+    monkeypatch.setattr(mirror.records, "_unchanged", webhook_in_between)
+    listed = _IDS[:4]
+    effects = _apply(engine, [_write(i, "2024-01-02T00:00:00Z", phone="1") for i in listed], RUN)
+
+    assert interleaved == [[Effect.UPDATED]]
+    assert effects == [Effect.STALE] * 4
+    with engine.connect() as connection:
+        query = select(patients).where(patients.c.id.in_(listed))
+        rows = {row.id: row for row in connection.execute(query)}
+    assert {record_id: row.seen_in_run for record_id, row in rows.items()} == dict.fromkeys(
+        listed, RUN
+    )
+    assert rows["PAT001"].phone == "late"
+    assert rows["PAT002"].phone == "1"
