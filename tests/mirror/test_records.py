@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -13,18 +13,19 @@ import pytest
 from sqlalchemy import Engine, delete, select
 
 import mirror.records
-from mirror.database import create_mirror_engine, write_transaction
+from mirror.database import write_transaction
 from mirror.events import RecordWrite, Resource, record_write
 from mirror.guard import RecordState, merge
-from mirror.migrate import upgrade
 from mirror.records import apply_writes
 from mirror.schema import patients
 from mirror.states import Effect
 from mirror.versions import Action
+from tests.conftest import BACKENDS
 from tests.factories import patient
 from tests.mirror.test_ingest import mirror_rows
 
 RUN = 7
+POSTGRESQL_ONLY = [backend for backend in BACKENDS if backend != "sqlite"]
 _IDS = [f"PAT{n:03d}" for n in range(48)]
 
 
@@ -137,21 +138,13 @@ def test_passes_and_webhooks_writing_the_same_records_at_once_converge_without_d
         _clear(engine)
 
 
-@pytest.fixture
-def postgres_engine(postgres_url: str) -> Iterator[Engine]:
-    mirror_engine = create_mirror_engine(postgres_url, timeout_seconds=2.0)
-    upgrade(mirror_engine)
-    yield mirror_engine
-    mirror_engine.dispose()
-
-
+@pytest.mark.parametrize("database_url", POSTGRESQL_ONLY, indirect=True)
 def test_a_change_committed_after_a_pass_read_a_record_survives_the_pass(
-    postgres_engine: Engine, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On PostgreSQL a pass reads the records it listed without a lock and, finding nothing to
     change, only marks them. A webhook that commits a newer version of one in between keeps
     it, and the pass still marks it. (SQLite has one writer at a time: no in between.)"""
-    engine = postgres_engine
     _seed(engine)
     decided = mirror.records._unchanged
     interleaved: list[list[Effect]] = []
