@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import sys
 import threading
 import time
 import weakref
@@ -27,11 +28,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 from urllib.parse import unquote
 from zoneinfo import ZoneInfo
 
-import psycopg
 from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.pool import QueuePool
@@ -192,6 +193,8 @@ _PING_AFTER_IDLE_SECONDS = 1.0
 
 
 def _ping_when_idle(engine: Engine) -> None:
+    import psycopg  # here: a PostgreSQL engine loads it anyway (see _loaded_psycopg)
+
     @event.listens_for(engine, "checkin")
     def _returned(_dbapi_connection: Any, record: Any) -> None:
         record.info["returned_at"] = time.monotonic()
@@ -277,19 +280,12 @@ def unavailable_as_error() -> Iterator[None]:
         yield
     except (exc.OperationalError, exc.InterfaceError) as error:
         raise DatabaseUnavailable(_describe(error)) from error
-    except (
-        sqlite3.OperationalError,
-        psycopg.OperationalError,
-        psycopg.InterfaceError,
-        psycopg.errors.ReadOnlySqlTransaction,
-    ) as error:
+    except (sqlite3.OperationalError, *_psycopg_unavailable()) as error:
         # Raised by statements run on the driver's cursor (mirror.driver), which SQLAlchemy
         # does not wrap. Only the first line: it names the failure, not the data.
         raise DatabaseUnavailable(str(error).splitlines()[0][:200]) from error
     except exc.DBAPIError as error:
-        if error.connection_invalidated or isinstance(
-            error.orig, psycopg.errors.ReadOnlySqlTransaction
-        ):
+        if error.connection_invalidated or _read_only(error.orig):
             raise DatabaseUnavailable(_describe(error)) from error
         raise
     except exc.TimeoutError as error:
@@ -310,7 +306,28 @@ def _stays_broken(error: BaseException) -> bool:
     cause = error.orig if isinstance(error, exc.DBAPIError) else error
     if isinstance(cause, sqlite3.Error):
         return (getattr(cause, "sqlite_errorcode", 0) & 0xFF) in _SQLITE_REOPEN
-    return isinstance(cause, psycopg.errors.ReadOnlySqlTransaction)
+    return _read_only(cause)
+
+
+def _loaded_psycopg() -> ModuleType | None:
+    # Only a PostgreSQL engine loads psycopg (SQLAlchemy does, at create_engine); before that
+    # no psycopg error can arise, and a command on SQLite spares the 0.1 s of CPU its import
+    # costs.
+    return sys.modules.get("psycopg")
+
+
+def _psycopg_unavailable() -> tuple[type[BaseException], ...]:
+    """The psycopg errors that mean the database is away or refuses writes."""
+    psycopg = _loaded_psycopg()
+    if psycopg is None:
+        return ()
+    return (psycopg.OperationalError, psycopg.InterfaceError,
+            psycopg.errors.ReadOnlySqlTransaction)  # fmt: skip
+
+
+def _read_only(cause: BaseException | None) -> bool:
+    psycopg = _loaded_psycopg()
+    return psycopg is not None and isinstance(cause, psycopg.errors.ReadOnlySqlTransaction)
 
 
 @contextlib.contextmanager
