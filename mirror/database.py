@@ -280,7 +280,7 @@ def unavailable_as_error() -> Iterator[None]:
         yield
     except (exc.OperationalError, exc.InterfaceError) as error:
         raise DatabaseUnavailable(_describe(error)) from error
-    except (sqlite3.OperationalError, *_psycopg_unavailable()) as error:
+    except _driver_unavailable() as error:
         # Raised by statements run on the driver's cursor (mirror.driver), which SQLAlchemy
         # does not wrap. Only the first line: it names the failure, not the data.
         raise DatabaseUnavailable(str(error).splitlines()[0][:200]) from error
@@ -316,12 +316,12 @@ def _loaded_psycopg() -> ModuleType | None:
     return sys.modules.get("psycopg")
 
 
-def _psycopg_unavailable() -> tuple[type[BaseException], ...]:
-    """The psycopg errors that mean the database is away or refuses writes."""
+def _driver_unavailable() -> tuple[type[BaseException], ...]:
+    """The drivers' errors that mean the database is away or refuses writes."""
     psycopg = _loaded_psycopg()
     if psycopg is None:
-        return ()
-    return (psycopg.OperationalError, psycopg.InterfaceError,
+        return (sqlite3.OperationalError,)
+    return (sqlite3.OperationalError, psycopg.OperationalError, psycopg.InterfaceError,
             psycopg.errors.ReadOnlySqlTransaction)  # fmt: skip
 
 
