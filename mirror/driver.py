@@ -115,17 +115,21 @@ class BulkStatement:
         if any(kind == "bytea" for _, kind in columns):
             raise ValueError("bytea does not travel in JSON: encode it (hex) and decode in SQL")
         self.columns = tuple(name for name, _ in columns)
+        self._names = frozenset(self.columns)
         self.sqlite = sqlite
         self.postgres = postgres
 
     def execute(
         self, connection: Connection, rows: Sequence[Mapping[str, Any]]
     ) -> Iterable[tuple[Any, ...]]:
+        """Run the statement over ``rows``, each holding exactly the statement's columns."""
+        if any(row.keys() != self._names for row in rows):
+            raise ValueError(f"each row must hold exactly the columns {sorted(self._names)}")
         driver = Driver.of(connection)
         if not driver.postgres:
             return driver.execute(connection, self.sqlite, rows)
-        document = encode_rows([{name: row[name] for name in self.columns} for row in rows])
-        return driver.execute(connection, self.postgres, {JSON_ROWS: document})
+        # The rows as they are: json_to_recordset finds the columns by name.
+        return driver.execute(connection, self.postgres, {JSON_ROWS: encode_rows(rows)})
 
 
 JSON_ROWS = "rows_"

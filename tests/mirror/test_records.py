@@ -14,6 +14,7 @@ from sqlalchemy import Engine, delete, select
 
 import mirror.records
 from mirror.database import write_transaction
+from mirror.driver import BulkStatement
 from mirror.events import RecordWrite, Resource, record_write
 from mirror.guard import RecordState, merge
 from mirror.records import apply_writes
@@ -172,3 +173,14 @@ def test_a_change_committed_after_a_pass_read_a_record_survives_the_pass(
     )
     assert rows["PAT001"].phone == "late"
     assert rows["PAT002"].phone == "1"
+
+
+def test_a_bulk_row_without_one_of_the_statements_columns_is_refused(engine: Engine) -> None:
+    """On PostgreSQL the rows travel as JSON, where a missing column would read as NULL: a
+    writer's row that lacks one (or has one too many) is a bug, refused before any write."""
+    statement = BulkStatement([("id", "text"), ("phone", "text")], sqlite="SELECT 1",
+                              postgres="SELECT 1")  # fmt: skip
+    with engine.begin() as connection:
+        for row in ({"id": "PAT001"}, {"id": "PAT001", "phone": "1", "extra": "2"}):
+            with pytest.raises(ValueError, match="exactly the columns"):
+                statement.execute(connection, [{"id": "PAT000", "phone": "0"}, row])
