@@ -12,7 +12,7 @@ moment never undoes a delete, and a strictly newer update revives the record.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from mirror.states import Effect
@@ -50,11 +50,12 @@ def merge(
     if action is Action.DELETE:
         if state.deleted_version is not None and version_key <= state.deleted_version:
             return state, Effect.STALE
-        new = replace(state, deleted_version=version_key)
+        # The constructor, not dataclasses.replace: this runs for every record a pass writes.
+        new = RecordState(state.content_version, version_key, state.fields)
     else:
         if state.content_version is not None and version_key <= state.content_version:
             return state, Effect.STALE
-        new = replace(state, content_version=version_key, fields=fields)
+        new = RecordState(version_key, state.deleted_version, fields)
         if _digest(version_key) == _digest(state.content_version) and not state.deleted:
             # The same content under a newer version (HealthDock's copy of what a webhook
             # already brought): the row keeps the greater version; nothing visible changed.
