@@ -137,6 +137,7 @@ _COLUMNS = (
     ("headers", "json"), ("body", "bytea"),
 )  # fmt: skip
 _NAMES = [name for name, _ in _COLUMNS]
+assert _NAMES[-1] == "body", "_json_row hexes the body by its place: last"
 _RETURNING = "ON CONFLICT (dedup_key, source) DO NOTHING RETURNING seq, source, dedup_key"
 # PostgreSQL: one statement over the rows as one JSON document (mirror.driver.json_rows),
 # whatever their number; the body travels as hex. Each row also records its transaction's id,
@@ -232,12 +233,11 @@ def _row(driver: Driver, item: IncomingEvent, outcome: Outcome, now: object) -> 
     )
 
 
-def _json_row(row: tuple[object, ...]) -> dict[str, object]:
-    """A row of :func:`_row` as :data:`_INSERT_JSON` reads it: the body in hex."""
-    item = dict(zip(_NAMES, row, strict=True))
-    body = item["body"]
-    item["body"] = body.hex() if isinstance(body, bytes | bytearray | memoryview) else None
-    return item
+def _json_row(row: tuple[object, ...]) -> tuple[object, ...]:
+    """A row of :func:`_row` as :data:`_INSERT_JSON` reads it: the body (its last value) in hex."""
+    body = row[-1]
+    hexed = body.hex() if isinstance(body, bytes | bytearray | memoryview) else None
+    return (*row[:-1], hexed)
 
 
 # --- replay outcomes and payload retention ------------------------------------------------

@@ -184,3 +184,35 @@ def test_a_bulk_row_without_one_of_the_statements_columns_is_refused(engine: Eng
         for row in ({"id": "PAT001"}, {"id": "PAT001", "phone": "1", "extra": "2"}):
             with pytest.raises(ValueError, match="exactly the columns"):
                 statement.execute(connection, [{"id": "PAT000", "phone": "0"}, row])
+
+
+@pytest.mark.parametrize("database_url", POSTGRESQL_ONLY, indirect=True)
+def test_bulk_rows_reach_postgresql_by_column_whatever_their_keys_order(engine: Engine) -> None:
+    """PostgreSQL reads each row's values by position: a writer's row built in another key
+    order, NULLs, quotes, non-ASCII text and a nested ``\\u0000`` in a json column all land
+    in their own columns, as they were."""
+    from datetime import UTC, date, datetime
+
+    from mirror.driver import json_rows
+
+    columns = [("id", "text"), ("born", "date"), ("at", "timestamptz"), ("n", "smallint"),
+               ("raw", "json")]  # fmt: skip
+    statement = BulkStatement(
+        columns,
+        sqlite="SELECT 1",
+        postgres=f"SELECT id, born, at, n, raw::text FROM {json_rows(columns)} ORDER BY id",
+    )
+    moment = datetime(2026, 4, 1, 20, 6, 56, 396000, tzinfo=UTC)
+    raw = '{"name":"Zoë \\"Q\\"","note":"a\\u0000b"}'
+    rows = [
+        {"raw": raw, "n": 7, "at": moment, "born": date(1990, 2, 28), "id": "PAT001"},
+        {"id": "PAT002", "born": None, "at": None, "n": None, "raw": None},
+        {"n": -3, "id": "PAT003 'x'", "raw": "[]", "at": moment, "born": date(2000, 1, 1)},
+    ]
+    with engine.begin() as connection:
+        got = [tuple(row) for row in statement.execute(connection, rows)]
+    assert got == [
+        ("PAT001", date(1990, 2, 28), moment, 7, raw),
+        ("PAT002", None, None, None, None),
+        ("PAT003 'x'", date(2000, 1, 1), moment, -3, "[]"),
+    ]
