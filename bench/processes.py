@@ -105,12 +105,62 @@ def run_reporting(
     return ScriptResult(json.loads(marker.removeprefix(RESULT_MARKER)), stdout, wall_s)
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and all its threads, from /proc (0 once it is gone)."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (None once the process is gone)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
+        return None
+    # The command name is in parentheses and may itself contain spaces.
+    return stat.rsplit(")", 1)[1].split()
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and all its threads, from /proc (0 once it is gone)."""
+    fields = _stat(pid)
+    if fields is None:
         return 0.0
-    # Fields after the command name, which is in parentheses and may itself contain spaces.
-    fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _all_pids() -> list[int]:
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (children, theirs, ...), as they are now."""
+    children: dict[int, list[int]] = {}
+    for other in _all_pids():
+        fields = _stat(other)
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(other)
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
+def processes_named(name: str) -> list[int]:
+    """The processes whose command name (``comm``) is ``name``: e.g. every PostgreSQL one."""
+    named = []
+    for pid in _all_pids():
+        with suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == name:
+                named.append(pid)
+    return named
+
+
+def cpu_seconds(pids: Sequence[int]) -> dict[int, float]:
+    """CPU seconds of each of ``pids`` now (see :func:`cpu_between`)."""
+    return {pid: process_cpu_seconds(pid) for pid in pids}
+
+
+def cpu_between(before: Mapping[int, float], after: Mapping[int, float]) -> float:
+    """CPU seconds a group of processes spent between two :func:`cpu_seconds` of it, each
+    listing the group as it was then: one started in between counts whole; one that ended in
+    between is not counted (/proc forgets it)."""
+    return sum(
+        max(seconds - before.get(pid, 0.0), 0.0) for pid, seconds in after.items() if seconds
+    )

@@ -39,9 +39,13 @@ from bench.databases import drop_pg_database, pg_service_url, pg_settings, recre
 from bench.ingest.events import write_events
 from bench.processes import (
     BenchError,
+    cpu_between,
+    cpu_seconds,
+    descendants,
     die_with_parent,
     port_is_free,
     process_cpu_seconds,
+    processes_named,
     run_reporting,
     stop,
     unwind_on_signals,
@@ -256,6 +260,22 @@ class Run:
     # spend outside it; the machine figure says whether wrk + server (+ PostgreSQL) saturate it.
     server_cpu_pct: float = 0.0
     machine_busy_pct: float = 0.0
+    # CPU µs per acknowledged event of the measured run, by who spent it (CPU_PARTS): where
+    # the machine's two cores went, and so what rate they could carry at that cost.
+    cpu_us_per_event: dict[str, float] = field(default_factory=dict)
+
+
+# Who spends the CPU of a run: the server process; its children (the committer, and the
+# forkserver it starts from); every PostgreSQL process (its backends and its background
+# writers: nothing else uses the server during a run); and the rest of the machine.
+CPU_PARTS = ("server", "committer", "postgresql", "other")
+
+
+def _cpu_groups(server_pid: int) -> dict[str, dict[int, float]]:
+    return {
+        "committer": cpu_seconds(descendants(server_pid)),
+        "postgresql": cpu_seconds(processes_named("postgres")),
+    }
 
 
 def server_command(server: str, args: argparse.Namespace) -> list[str]:
@@ -350,13 +370,23 @@ def one_run(
             earlier.append(run_wrk(wrk, url, events, args, args.duration, start))
             start = earlier[-1].next_start
         server_before, machine_before = process_cpu_seconds(process.pid), _machine_cpu()
+        groups_before = _cpu_groups(process.pid)
         measured = run_wrk(wrk, url, events, args, args.duration, start)
         server_after, machine_after = process_cpu_seconds(process.pid), _machine_cpu()
+        groups_after = _cpu_groups(process.pid)
         run = Run(kind, server, round_number, measured, warmup, loadavg, [*earlier, measured])
         # Per second of measurement; wrk's event loading before its clock starts adds ~nothing.
         run.server_cpu_pct = 100 * (server_after - server_before) / measured.duration_s
         busy, total = (a - b for a, b in zip(machine_after, machine_before, strict=True))
         run.machine_busy_pct = 100 * busy / total if total else 0.0
+        spent = {
+            part: cpu_between(groups_before[part], groups_after[part]) for part in groups_after
+        }
+        spent["server"] = server_after - server_before
+        # The rest of the machine's busy time: wrk, the kernel's network work, anything else.
+        spent["other"] = max(busy / os.sysconf("SC_CLK_TCK") - sum(spent.values()), 0.0)
+        if measured.ok:
+            run.cpu_us_per_event = {part: 1e6 * spent[part] / measured.ok for part in CPU_PARTS}
         if server in OUR_SERVERS:
             # Counted while the server still runs: a 2xx promises the row is committed now,
             # not after a graceful shutdown has flushed whatever was queued.
@@ -434,6 +464,13 @@ def summarize(runs: Sequence[Run], databases: Sequence[str]) -> list[dict[str, A
                         1 for r in mine for w in (r.measured, r.warmup) if w and w.wrapped
                     ),
                     "log_problems": sum(len(r.log_problems) for r in mine),
+                    "cpu_us_per_event": {
+                        part: _median(
+                            [r.cpu_us_per_event[part] for r in mine if r.cpu_us_per_event]
+                        )
+                        for part in CPU_PARTS
+                    },
+                    "median_bare_rps": _median(list(bare_rps.values())),
                 }
             )
     return rows
@@ -492,6 +529,7 @@ def markdown(rows: Sequence[dict[str, Any]], connections: int) -> str:
             f"- goal on {row['database']} (issue 15): >= {share:.0%} of bare throughput: "
             f"{throughput}; p99 < {p99_ms:g} ms at {connections} connections: {latency}"
         )
+    lines += ["", *cpu_table(rows)]
     for row in rows:
         where = f"{row['database']}/{row['server']}"
         if row["wrapped_runs"]:
@@ -505,6 +543,36 @@ def markdown(rows: Sequence[dict[str, Any]], connections: int) -> str:
                 "logs (see log_problems in the JSON results)"
             )
     return "\n".join(lines)
+
+
+def cpu_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Where each server's CPU went, per acknowledged event, and what that cost makes of the
+    goal: the cores that the goal's rate would keep busy, against the machine's."""
+    body = []
+    for row in rows:
+        spent = row["cpu_us_per_event"]
+        total = sum(spent.values())
+        needed = "-"
+        if row["server"] in OUR_SERVERS and total == total:  # not NaN
+            share, _ = GOALS[row["database"]]
+            needed = f"{total * share * row['median_bare_rps'] / 1e6:.2f}"
+        body.append(
+            [
+                row["database"],
+                row["server"],
+                *(f"{spent[part]:.0f}" for part in CPU_PARTS),
+                f"{total:.0f}",
+                needed,
+            ]
+        )
+    header = [
+        "database",
+        "server",
+        *(f"{part} µs/event" for part in CPU_PARTS),
+        "total µs/event",
+        f"cores the goal's rate needs at this cost (machine: {os.cpu_count()})",
+    ]
+    return _table(header, "ll" + "r" * (len(CPU_PARTS) + 2), body)
 
 
 def per_round(runs: Sequence[Run]) -> str:

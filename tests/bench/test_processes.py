@@ -1,0 +1,59 @@
+"""bench.processes' CPU accounting: what the ingest benchmark's table of CPU per event reads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from bench.processes import cpu_between, cpu_seconds, descendants, processes_named
+
+# A child that starts a grandchild spinning on a core, and waits for it.
+_SPINNER = (
+    "import subprocess, sys; "
+    "subprocess.run([sys.executable, '-c', 'import time\\nend = time.time() + 30\\n"
+    "while time.time() < end: pass'])"
+)
+
+
+def test_a_grandchild_started_in_between_is_found_and_counted_whole() -> None:
+    spinner = subprocess.Popen([sys.executable, "-c", _SPINNER])
+    grandchildren: list[int] = []
+    try:
+        deadline = time.monotonic() + 10
+        while not grandchildren and time.monotonic() < deadline:
+            time.sleep(0.05)
+            grandchildren = descendants(spinner.pid)
+        (grandchild,) = grandchildren
+        time.sleep(1.0)
+        after = cpu_seconds([spinner.pid, *descendants(spinner.pid)])
+        assert grandchild in after
+        # The loop ran for a second on a core of its own, give or take the machine's load;
+        # its parent only waited.
+        assert cpu_between({}, after) > 0.2
+        assert after[grandchild] > after[spinner.pid]
+        # Counted once: a second reading adds only what was spent since.
+        assert cpu_between(after, after) == 0.0
+    finally:
+        for pid in grandchildren:
+            subprocess.run(["kill", "-9", str(pid)], check=False)
+        spinner.kill()
+        spinner.wait()
+
+
+def test_a_process_that_ended_in_between_is_not_counted_negative() -> None:
+    assert cpu_between({123456789: 5.0}, {}) == 0.0
+    assert cpu_between({1: 5.0}, {1: 7.5, 2: 1.0}) == 3.5
+
+
+def test_processes_are_found_by_command_name() -> None:
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        deadline = time.monotonic() + 10  # until the fork has become sleep
+        while sleeper.pid not in processes_named("sleep") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sleeper.pid in processes_named("sleep")
+        assert sleeper.pid not in processes_named("postgres")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
