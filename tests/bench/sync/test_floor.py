@@ -3,7 +3,6 @@ runner's order and ratios."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import json
@@ -30,9 +29,7 @@ from bench.sync.floor import (
 )
 from fake_healthdock import FakeHealthDock, serve_in_thread
 from mirror import Action, Resource, create_mirror_engine, record_write, upgrade
-from sync.client import HealthDockClient
-from sync.passes import PassOptions
-from sync.reconcile import reconcile
+from tests.bench.sync.first_pass import fill_patients
 
 API_KEY = "floor-api-key"
 
@@ -89,12 +86,7 @@ def test_a_lean_pass_over_a_mirror_ours_filled_finds_nothing_changed_until_a_pat
     upgrade(engine)
     fake = FakeHealthDock(seed=5, patients=230, api_key=API_KEY, rate_limit=None)
     with serve_in_thread(fake) as base_url:
-
-        async def fill() -> None:
-            async with HealthDockClient(f"{base_url}/v1", API_KEY) as api:
-                await reconcile(engine, api, Resource.PATIENT, PassOptions(concurrency=4))
-
-        asyncio.run(fill())
+        fill_patients(engine, base_url, API_KEY)
         engine.dispose()
         with sqlite3.connect(path) as db:
             db.execute("UPDATE patients SET seen_in_run = NULL WHERE id = 'PAT000007'")
