@@ -13,7 +13,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,9 +78,18 @@ class ScriptResult:
 
 
 def run_reporting(
-    command: Sequence[str], timeout_s: float, env: Mapping[str, str] | None = None
+    command: Sequence[str],
+    timeout_s: float,
+    env: Mapping[str, str] | None = None,
+    *,
+    ready: Sequence[Path] = (),
+    on_ready: Callable[[], object] | None = None,
 ) -> ScriptResult:
     """Run ``command`` (wrk with one of our Lua scripts) to its end and read its result line.
+
+    With ``ready``, the files the script creates once it has loaded its input (one a wrk
+    thread), ``on_ready`` is called as soon as all exist, before the script's clock has run
+    for more than a few milliseconds: what is read then leaves the loading out.
 
     It dies with the runner and is stopped if it outlives ``timeout_s``; a failed run, or one
     that printed no result, is a BenchError with its output.
@@ -94,14 +103,25 @@ def run_reporting(
         preexec_fn=die_with_parent,  # the runners start no threads, so it is safe
     )
     began = time.monotonic()
+    was_ready = False
     try:
-        stdout, _ = process.communicate(timeout=timeout_s)
+        if on_ready is not None:
+            # wrk prints only when it ends, so its pipe cannot fill while this waits.
+            while process.poll() is None and time.monotonic() - began < timeout_s:
+                if all(path.exists() for path in ready):
+                    on_ready()
+                    was_ready = True
+                    break
+                time.sleep(0.002)
+        stdout, _ = process.communicate(timeout=max(timeout_s - (time.monotonic() - began), 1))
     finally:
         stop(process, grace_seconds=5)
     wall_s = time.monotonic() - began
     marker = next((line for line in stdout.splitlines() if line.startswith(RESULT_MARKER)), None)
     if process.returncode != 0 or marker is None:
         raise BenchError(f"wrk failed ({process.returncode}):\n{stdout}")
+    if on_ready is not None and not was_ready:
+        raise BenchError(f"wrk ended without creating {[str(p) for p in ready]}:\n{stdout}")
     return ScriptResult(json.loads(marker.removeprefix(RESULT_MARKER)), stdout, wall_s)
 
 

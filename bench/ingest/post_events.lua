@@ -2,13 +2,16 @@
 -- server answered, so a run that is fast because it answers 401 or 503 is seen for what it is.
 --
 --   wrk -t1 -c32 -d10s --latency -s post_events.lua http://127.0.0.1:8150/webhooks/healthdock \
---       -- EVENTS_FILE THREADS [START]
+--       -- EVENTS_FILE THREADS [START [READY]]
 --
 -- EVENTS_FILE  lines "signature<TAB>body" written by bench/ingest/events.py
 -- THREADS      the same number as wrk's -t: each thread sends its own share of the file
 --              (line START+k*THREADS+thread_index), so no two threads send the same event
 -- START        first line to use; the runner passes the warm-up's next_start so the measured
 --              run never repeats an event the warm-up already stored
+-- READY        if given, each thread creates READY.<thread index> once its share is loaded:
+--              the runner reads the machine's CPU counters then, so that the seconds wrk
+--              spends reading the file (before its clock starts) are not counted as the run's
 --
 -- done() prints one line "BENCH_RESULT {json}" for the runner to parse.
 
@@ -38,7 +41,7 @@ function init(args)
    local path = args[1]
    thread_count = tonumber(args[2] or "1")
    start = tonumber(args[3] or "0")
-   assert(path, "usage: -- EVENTS_FILE THREADS [START]")
+   assert(path, "usage: -- EVENTS_FILE THREADS [START [READY]]")
    local file = assert(io.open(path, "r"))
    local line_number = 0
    for line in file:lines() do
@@ -56,6 +59,9 @@ function init(args)
    end
    file:close()
    assert(#requests > 0, "no events for this thread: EVENTS_FILE too short for START")
+   if args[4] then
+      assert(io.open(args[4] .. "." .. thread_index, "w")):close()
+   end
 end
 
 function request()

@@ -5,8 +5,19 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from bench.processes import cpu_between, cpu_seconds, descendants, processes_named
+import pytest
+
+from bench.processes import (
+    RESULT_MARKER,
+    BenchError,
+    cpu_between,
+    cpu_seconds,
+    descendants,
+    processes_named,
+    run_reporting,
+)
 
 # A child that starts a grandchild spinning on a core, and waits for it.
 _SPINNER = (
@@ -57,3 +68,36 @@ def test_processes_are_found_by_command_name() -> None:
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_the_ready_callback_comes_once_the_script_has_loaded_and_not_before(
+    tmp_path: Path,
+) -> None:
+    ready = tmp_path / "events.ready.0"
+    # Loads for half a second, says so, then runs for half a second and reports.
+    script = (
+        "import pathlib, sys, time; time.sleep(0.5); pathlib.Path(sys.argv[1]).touch(); "
+        f"time.sleep(0.5); print('{RESULT_MARKER}' + '{{}}')"
+    )
+    seen: list[float] = []
+    began = time.monotonic()
+    result = run_reporting(
+        [sys.executable, "-c", script, str(ready)],
+        timeout_s=30,
+        ready=[ready],
+        on_ready=lambda: seen.append(time.monotonic() - began),
+    )
+    assert result.result == {}
+    (at,) = seen
+    assert 0.5 <= at < result.wall_s - 0.3  # after the loading, well before the end
+
+
+def test_a_script_that_never_says_it_loaded_is_an_error_not_a_run(tmp_path: Path) -> None:
+    script = f"print('{RESULT_MARKER}' + '{{}}')"
+    with pytest.raises(BenchError, match="without creating"):
+        run_reporting(
+            [sys.executable, "-c", script],
+            timeout_s=30,
+            ready=[tmp_path / "never.0"],
+            on_ready=lambda: None,
+        )
