@@ -106,7 +106,8 @@ def run_reporting(
     was_ready = False
     try:
         if on_ready is not None:
-            # wrk prints only when it ends, so its pipe cannot fill while this waits.
+            # wrk prints two lines as it starts and the rest as it ends: its pipe cannot fill
+            # while this waits.
             while process.poll() is None and time.monotonic() - began < timeout_s:
                 if all(path.exists() for path in ready):
                     on_ready()

@@ -387,7 +387,7 @@ def one_run(
 
         def read_counters() -> None:
             # Once wrk has loaded its events: the seconds it spends reading the file before
-            # its clock starts (2.4 s of a core on a 10-second run's file) are not the run's.
+            # its clock starts (2.4 s of a core with this benchmark's file) are not the run's.
             readings["server"] = process_cpu_seconds(process.pid)
             readings["machine"] = _machine_cpu()
             readings["groups"] = _cpu_groups(process.pid)
