@@ -7,9 +7,10 @@ patient, and every event-log row the pass wrote) into a fresh, migrated database
 ``sync/mark.py``'s), with our connection settings (WAL, ``synchronous=FULL``, a 16 MiB
 cache). The rows are read into memory first; only the writes are timed, as CPU seconds
 (user + system) of this process. No HTTP, no JSON, no guard, no SQLAlchemy: what remains is
-SQLite's own work, its indexes' and its fsyncs'. ``--no-secondary-indexes`` drops every
-index but the keys first, to show what the mirror's indexes (FHIR search, the analysts', the
-feed's, replay's and redelivery dedup's) cost.
+SQLite's own work, its indexes' and its fsyncs'. Each round writes twice: into the mirror as
+migrated, and into one with every index but the keys dropped first, which shows what the
+mirror's indexes (FHIR search, the analysts', the feed's, replay's and redelivery dedup's)
+cost.
 
     healthdock-mirror sync patients        # into sqlite:////tmp/source.db, from the fake
     .venv/bin/python -m bench.sync.write_floor --source /tmp/source.db --rounds 3
@@ -19,14 +20,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+from bench.processes import BenchError, process_cpu_seconds
+from bench.sync.run import base_env
 
 BIN = Path(sys.executable).parent
 PATIENTS_PER_TRANSACTION = 1000  # ten pages of 100
@@ -35,77 +39,97 @@ TABLES = ("patients", "webhook_events")
 PRAGMAS = ("journal_mode=WAL", "synchronous=FULL", "cache_size=-16384")
 
 
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+Row = tuple[object, ...]
+
+
+@dataclass(frozen=True)
+class Rows:
+    """What a first pass stored, read from its mirror: each table's columns (the event log's
+    ``seq`` left out: SQLite assigns it, as it did for ours) and the rows a transaction at a
+    time, (patients, their event-log rows)."""
+
+    columns: dict[str, list[str]]
+    transactions: list[tuple[list[Row], list[Row]]]
+
+    def inserts(self) -> list[str]:
+        """One INSERT a table, in :data:`TABLES`' order, binding by position."""
+        return [
+            f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})"
+            for table, names in ((t, self.columns[t]) for t in TABLES)
+        ]
 
 
 def _columns(connection: sqlite3.Connection, table: str) -> list[str]:
-    # seq is the event log's key: SQLite assigns it, as it did for ours.
     names = [row[1] for row in connection.execute(f"PRAGMA table_info({table})")]
     return [name for name in names if name != "seq"]
 
 
+def secondary_indexes(connection: sqlite3.Connection, table: str) -> list[str]:
+    """The indexes of ``table`` beyond its keys (SQLite's own have no SQL)."""
+    return [
+        name
+        for (name,) in connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
+            "AND sql IS NOT NULL",
+            (table,),
+        )
+    ]
+
+
 def migrated_database(path: Path) -> None:
     """An empty mirror at ``path``, migrated by our own command (not timed)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHDOCK_")}
-    env["HEALTHDOCK_DATABASE_URL"] = f"sqlite:///{path}"
-    subprocess.run(
-        [str(BIN / "healthdock-mirror"), "migrate"], env=env, check=True, capture_output=True
+    done = subprocess.run(
+        [str(BIN / "healthdock-mirror"), "migrate"],
+        env={**base_env(), "HEALTHDOCK_DATABASE_URL": f"sqlite:///{path}"},
+        cwd=path.parent,  # not the repository: its .env, if any, must not configure the run
+        capture_output=True,
+        text=True,
+        check=False,
     )
+    if done.returncode != 0:
+        raise BenchError(f"healthdock-mirror migrate failed:\n{done.stdout}{done.stderr}")
 
 
-def load(source: Path) -> list[tuple[list[tuple[object, ...]], list[tuple[object, ...]]]]:
-    """The source's rows, grouped into transactions: (patients, their event-log rows)."""
+def load(source: Path) -> Rows:
+    """The source's rows, grouped into transactions of :data:`PATIENTS_PER_TRANSACTION`."""
     connection = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
-    patient_columns = _columns(connection, "patients")
-    event_columns = _columns(connection, "webhook_events")
+    columns = {table: _columns(connection, table) for table in TABLES}
     patients = connection.execute(
-        f"SELECT {', '.join(patient_columns)} FROM patients ORDER BY id"
+        f"SELECT {', '.join(columns['patients'])} FROM patients ORDER BY id"
     ).fetchall()
-    events: dict[object, list[tuple[object, ...]]] = {}
+    events: dict[object, list[Row]] = {}
     for row in connection.execute(
-        f"SELECT record_id, {', '.join(event_columns)} FROM webhook_events "
+        f"SELECT record_id, {', '.join(columns['webhook_events'])} FROM webhook_events "
         "WHERE resource = 'patient' ORDER BY seq"
     ):
         events.setdefault(row[0], []).append(row[1:])
     connection.close()
     if not patients:
         raise SystemExit(f"{source} holds no patients: fill it with a first pass first")
-    batches = []
+    transactions = []
     for start in range(0, len(patients), PATIENTS_PER_TRANSACTION):
         chunk = patients[start : start + PATIENTS_PER_TRANSACTION]
-        batches.append((chunk, [e for row in chunk for e in events.get(row[0], [])]))
-    return batches
+        transactions.append((chunk, [e for row in chunk for e in events.get(row[0], [])]))
+    return Rows(columns, transactions)
 
 
-def write(target: Path, source: Path, batches: Sequence[tuple[list, list]], lean: bool) -> float:
-    """CPU seconds of writing ``batches`` into ``target``."""
+def write(target: Path, rows: Rows, lean: bool) -> float:
+    """CPU seconds of writing ``rows`` into ``target``."""
     connection = sqlite3.connect(target, isolation_level=None)
     for pragma in PRAGMAS:
         connection.execute(f"PRAGMA {pragma}")
     if lean:
         for table in TABLES:
-            for (name,) in connection.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
-                "AND sql IS NOT NULL",
-                (table,),
-            ).fetchall():
+            for name in secondary_indexes(connection, table):
                 connection.execute(f'DROP INDEX "{name}"')
-    reader = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
-    statements = []
-    for table in TABLES:
-        columns = _columns(reader, table)
-        marks = ", ".join("?" for _ in columns)
-        statements.append(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})")
-    reader.close()
-    began = _cpu()
-    for patients, events in batches:
+    insert_patients, insert_events = rows.inserts()
+    began = process_cpu_seconds(os.getpid())
+    for patients, events in rows.transactions:
         connection.execute("BEGIN IMMEDIATE")
-        connection.executemany(statements[0], patients)
-        connection.executemany(statements[1], events)
+        connection.executemany(insert_patients, patients)
+        connection.executemany(insert_events, events)
         connection.execute("COMMIT")
-    spent = _cpu() - began
+    spent = process_cpu_seconds(os.getpid()) - began
     connection.close()
     return spent
 
@@ -115,17 +139,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--source", type=Path, required=True, help="a mirror a first pass filled")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
-    batches = load(args.source)
-    patients = sum(len(p) for p, _ in batches)
-    events = sum(len(e) for _, e in batches)
-    print(f"{patients} patients and {events} event-log rows in {len(batches)} transactions")
+    rows = load(args.source)
+    patients = sum(len(p) for p, _ in rows.transactions)
+    events = sum(len(e) for _, e in rows.transactions)
+    count = len(rows.transactions)
+    print(f"{patients} patients and {events} event-log rows in {count} transactions")
     spent: dict[str, list[float]] = {"with the mirror's indexes": [], "keys only": []}
     with tempfile.TemporaryDirectory(prefix="write-floor-") as workdir:
         for round_number in range(1, args.rounds + 1):
             for label, lean in (("with the mirror's indexes", False), ("keys only", True)):
                 target = Path(workdir) / f"{round_number}-{int(lean)}.db"
                 migrated_database(target)
-                seconds = write(target, args.source, batches, lean)
+                seconds = write(target, rows, lean)
                 spent[label].append(seconds)
                 print(f"round {round_number}, {label}: {seconds:.2f} CPU-s", flush=True)
                 for suffix in ("", "-wal", "-shm"):
