@@ -169,9 +169,13 @@ def _oversized(document: object, *, integers: bool = True) -> str | None:
 
 def record_id_of(resource: Resource, record: Mapping[str, Any]) -> str:
     """The record's key: ``patient_id``/``appointment_id``, else ``id``."""
-    value = record.get(resource.id_field)
+    value = record.get(_ID_FIELDS[resource])
     if value is None:
         value = record.get("id")
+    # The usual key (a short string), in a few operations: this runs for every record a
+    # pass reads. Anything else takes the checks below, which say what is wrong.
+    if type(value) is str and 0 < len(value) <= _MAX_ID_LENGTH and "\x00" not in value:
+        return value
     if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
         raise PayloadError(f"data.{resource.id_field} (or data.id) must be a string")
     if isinstance(value, int) and value not in _INTEGERS:

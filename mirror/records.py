@@ -23,7 +23,7 @@ from mirror.events import RecordWrite, Resource
 from mirror.guard import RecordState, merge
 from mirror.schema import MIRRORED_TABLES, appointments
 from mirror.states import Effect
-from mirror.versions import VersionKey, parse_moment
+from mirror.versions import Action, VersionKey, parse_moment
 
 
 def _text(value: object, max_length: int | None = None) -> str | None:
@@ -239,24 +239,27 @@ def apply_writes(
         # Sorted ids give every transaction the same lock order, so writers cannot deadlock.
         ids = sorted({writes[i].record_id for i in positions})
         present = _states(connection, driver, sql, ids, lock=False)
+        positions = _without_outdated(writes, positions, present)
         inserted = _insert_absent(connection, driver, sql, writes, positions, present, effects,
                                   stamp)  # fmt: skip
         known = [i for i in positions if writes[i].record_id not in inserted]
         before = present
-        if driver.postgres and known:
+        if driver.postgres and ids:
             if _unchanged(writes, known, present, effects):
                 # The guard only raises versions, and no writer removes a row, so a write that
                 # changes nothing in the state read without a lock changes nothing in any later
                 # state either: those records need no second read, only their marks.
-                if stamp.seen_in_run is not None:
-                    seen = sorted({writes[i].record_id for i in known})
-                    driver.execute(connection, sql.mark_seen["postgresql, locked"],
-                                   {"run": stamp.seen_in_run, "ids": driver.ids(seen)})  # fmt: skip
+                seen = [record_id for record_id in ids if record_id not in inserted]
+                if stamp.seen_in_run is not None and seen:
+                    marking = {"run": stamp.seen_in_run, "ids": driver.ids(seen)}
+                    driver.execute(connection, sql.mark_seen["postgresql, locked"], marking)
                 continue
             # Locks are taken after the inserts, in id order, as every writer does: no cycles.
             before = _states(connection, driver, sql, [i for i in ids if i not in inserted])
         after = _merge(writes, known, before, effects)
-        _write_changes(connection, driver, sql, before, after, stamp)
+        # Records whose every write was outdated are unchanged: only their marks are written.
+        unwritten = [i for i in ids if i not in after and i not in inserted]
+        _write_changes(connection, driver, sql, before, after, unwritten, stamp)
     return effects
 
 
@@ -280,6 +283,29 @@ def _states(
         query = sql.read["postgresql, locked" if lock else "postgresql"]
     rows = driver.execute(connection, query, {"ids": driver.ids(ids)})
     return {row[0]: RecordState(row[1], row[2]) for row in rows}
+
+
+def _without_outdated(
+    writes: Sequence[RecordWrite], positions: Sequence[int], present: Mapping[str, RecordState]
+) -> list[int]:
+    """``positions`` less the creates and updates no newer than their record's stored content.
+
+    The guard refuses those whatever else the batch holds (a record's content version only
+    grows), and their effect is already ``stale``: a pass that finds nothing new (most records
+    of most passes) spends nothing more on them.
+    """
+    kept = []
+    for i in positions:
+        write = writes[i]
+        state = present.get(write.record_id)
+        if (
+            state is None
+            or state.content_version is None
+            or write.action is Action.DELETE
+            or write.version > state.content_version
+        ):
+            kept.append(i)
+    return kept
 
 
 def _insert_absent(
@@ -346,11 +372,13 @@ def _write_changes(
     sql: _Statements,
     before: Mapping[str, RecordState],
     after: Mapping[str, RecordState],
+    unwritten: Sequence[str],
     stamp: _Stamp,
 ) -> None:
+    """Write the rows ``after`` changes; mark the rest, and the ``unwritten`` ones, seen."""
     content_rows: list[dict[str, object]] = []
     delete_rows: list[dict[str, object]] = []
-    seen: list[str] = []
+    seen: list[str] = list(unwritten) if stamp.seen_in_run is not None else []
     for record_id, state in after.items():
         old = before[record_id]
         if state == old:

@@ -22,6 +22,11 @@ _INSTANT = re.compile(
 )
 
 
+# HealthDock's own form (``2026-04-01T20:06:56.396Z``): the key's instant is this text with six
+# more zeros.
+_MILLISECONDS_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", re.ASCII)
+
+
 class VersionError(MirrorError, ValueError):
     """A timestamp that is not an ISO 8601 instant."""
 
@@ -32,6 +37,9 @@ class Action(IntEnum):
     CREATE = 0
     UPDATE = 1
     DELETE = 2
+
+
+_RANKS = {action: str(int(action)) for action in Action}
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -177,21 +185,11 @@ def version_key_at(timestamp: object, action: Action, digest: str) -> str:
     datetime formatted, for the records of a pass (a fifth of a no-change pass's CPU went
     to both). The text is still checked to be a real date and time.
     """
-    if (
-        isinstance(timestamp, str)
-        and len(timestamp) == 24
-        and timestamp[23] == "Z"
-        and timestamp[19] == "."
-        and timestamp[10] == "T"
-        and timestamp[4] == timestamp[7] == "-"
-        and timestamp[13] == timestamp[16] == ":"
-        and timestamp[20:23].isdecimal()
-        and timestamp[20:23].isascii()
-    ):
+    if type(timestamp) is str and _MILLISECONDS_UTC.fullmatch(timestamp):
         try:
-            datetime.fromisoformat(timestamp[:19])  # digits, and a real date and time
+            datetime.fromisoformat(timestamp[:19])  # a real date and time
         except ValueError:
             pass  # parse_instant says why
         else:
-            return f"{timestamp[:19]}.{timestamp[20:23]}000000Z|{int(action)}|{digest}"
+            return f"{timestamp[:23]}000000Z|{_RANKS[action]}|{digest}"
     return version_key(parse_instant(timestamp), action, digest)

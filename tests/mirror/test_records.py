@@ -10,6 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine, delete, select
 
 import mirror.records
@@ -137,6 +139,53 @@ def test_passes_and_webhooks_writing_the_same_records_at_once_converge_without_d
         assert mirror_rows(engine) == expected
         assert {row["seen_in_run"] for row in expected["patients"]} == {RUN}
         _clear(engine)
+
+
+_MOMENTS = ["2024-01-01T00:00:00Z", "2024-01-02T00:00:00Z", "2024-01-03T00:00:00Z"]
+
+
+@st.composite
+def _listed_batches(draw: st.DrawFn) -> tuple[list[RecordWrite], list[RecordWrite]]:
+    """What the mirror holds (records written, some deleted, some never), then one batch of a
+    pass: older, equal and newer versions of them, deletes, the same record more than once."""
+    ids = _IDS[:5]
+
+    def one(record_id: str) -> RecordWrite:
+        action = draw(st.sampled_from([Action.UPDATE, Action.UPDATE, Action.DELETE]))
+        return _write(record_id, draw(st.sampled_from(_MOMENTS)), action,
+                      phone=draw(st.sampled_from(["0", "1"])))  # fmt: skip
+
+    held = [one(record_id) for record_id in draw(st.lists(st.sampled_from(ids), max_size=8))]
+    batch = [one(record_id) for record_id in draw(st.lists(st.sampled_from(ids), max_size=12))]
+    return held, batch
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(case=_listed_batches())
+def test_a_batch_leaves_the_effects_and_rows_of_its_writes_one_by_one(
+    engine: Engine, case: tuple[list[RecordWrite], list[RecordWrite]]
+) -> None:
+    """The guard decides a batch as it decides its writes one at a time, in order: the same
+    effect for each write, the same rows, and every record the pass listed marked with it
+    (those it refuses as outdated without merging them too)."""
+    held, batch = case
+    _clear(engine)
+    for write in held:
+        _apply(engine, [write], None)
+    together = _apply(engine, batch, RUN)
+    rows_together = mirror_rows(engine)
+
+    _clear(engine)
+    for write in held:
+        _apply(engine, [write], None)
+    one_by_one = [effect for write in batch for effect in _apply(engine, [write], RUN)]
+    assert together == one_by_one
+    assert rows_together == mirror_rows(engine)
+    listed = {write.record_id for write in batch}
+    marked = {row["id"] for row in rows_together["patients"] if row["seen_in_run"] == RUN}
+    assert marked == listed
 
 
 @pytest.mark.parametrize("database_url", POSTGRESQL_ONLY, indirect=True)

@@ -186,7 +186,9 @@ def test_the_key_of_healthdocks_usual_timestamp_is_the_exact_parsers(
 @pytest.mark.parametrize(
     "text",
     ["2026-04-01T20:06:56.396Z", "2026-04-01T20:06:56.396+05:30", "2026-04-01T20:06:56Z",
-     "2026-04-01T20:06:56.396123456Z", "2026-04-01 20:06:56.396Z", 17, None],
+     "2026-04-01T20:06:56.396123456Z", "2026-04-01 20:06:56.396Z", 17, None,
+     "2026-W14-3T20:06:56.396Z", "2026-04-01T20:06:56.396z", "2026-04-01T20:06:56.٣٩٦Z",
+     "2026-02-30T20:06:56.396Z"],
 )  # fmt: skip
 def test_every_other_form_keeps_the_exact_path(text: object) -> None:
     assert _shortcut_key(text, Action.UPDATE, "cd" * 32) == _exact_key(
