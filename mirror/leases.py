@@ -20,10 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import case, not_, or_, select, update
+from sqlalchemy import bindparam, case, not_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
-from sqlalchemy.sql.expression import ColumnElement
+from sqlalchemy.sql.expression import BindParameter, ColumnElement
 
 from config import MirrorError
 from mirror.schema import leases
@@ -49,7 +49,7 @@ class LeaseLost(LeaseHeld):
     """This process's lease lapsed and another process took it: the reconcile stopped."""
 
 
-def _live(now: datetime) -> ColumnElement[bool]:
+def _live(now: datetime | BindParameter[datetime]) -> ColumnElement[bool]:
     return leases.c.expires_at > now
 
 
@@ -67,19 +67,24 @@ class Fence:
         Call it first in the write's transaction: the row lock (PostgreSQL) or the write
         lock (SQLite) then lasts until the write commits.
         """
-        query = select(leases.c.token).where(
-            leases.c.name == self.name,
-            leases.c.holder == self.holder,
-            leases.c.token == self.token,
-            _live(datetime.now(UTC)),
-        )
-        if connection.dialect.name == "postgresql":
-            query = query.with_for_update()
-        if connection.execute(query).first() is None:
+        locked = connection.dialect.name == "postgresql"
+        query = _FENCE_CHECK_LOCKED if locked else _FENCE_CHECK
+        taking = {"name": self.name, "holder": self.holder, "token": self.token}
+        if connection.execute(query, {**taking, "now": datetime.now(UTC)}).first() is None:
             raise LeaseLost(
                 f"the {self.name} lease (token {self.token}) is no longer this process's: "
                 "nothing more was written"
             )
+
+
+# Built once, its values bound: every write of a pass checks its fence.
+_FENCE_CHECK = select(leases.c.token).where(
+    leases.c.name == bindparam("name"),
+    leases.c.holder == bindparam("holder"),
+    leases.c.token == bindparam("token"),
+    _live(bindparam("now", type_=leases.c.expires_at.type)),
+)
+_FENCE_CHECK_LOCKED = _FENCE_CHECK.with_for_update()
 
 
 def acquire_lease(connection: Connection, name: str, holder: str, ttl_seconds: float) -> bool:

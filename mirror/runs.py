@@ -8,12 +8,13 @@ what counts as webhook loss is one rule, ``LOSS_KINDS``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Integer, Update, bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from mirror.database import as_utc
@@ -120,7 +121,15 @@ def _start_or_resume(
 
 def stamp_lease_token(connection: Connection, run_id: int, token: int) -> None:
     """Note on the run which taking of the lease made its latest write."""
-    connection.execute(update(sync_runs).where(sync_runs.c.id == run_id).values(lease_token=token))
+    connection.execute(_STAMP_LEASE_TOKEN, {"run_id": run_id, "token": token})
+
+
+# Built once, its values bound: every write of a pass stamps its run.
+_STAMP_LEASE_TOKEN = (
+    update(sync_runs)
+    .where(sync_runs.c.id == bindparam("run_id"))
+    .values(lease_token=bindparam("token", type_=sync_runs.c.lease_token.type))
+)
 
 
 def _outcome(connection: Connection, run_id: int) -> str:
@@ -133,10 +142,24 @@ def record_progress(
     connection: Connection, run_id: int, counts: Mapping[str, int], checkpoint: int | None = None
 ) -> None:
     """Add counts to the run and, for an applied page, move its checkpoint."""
-    values: dict[str, Any] = {name: getattr(sync_runs.c, name) + n for name, n in counts.items()}
+    values: dict[str, Any] = {f"add_{name}": n for name, n in counts.items()}
     if checkpoint is not None:
-        values["checkpoint"] = {"page": checkpoint}
-    connection.execute(update(sync_runs).where(sync_runs.c.id == run_id).values(**values))
+        values["new_checkpoint"] = {"page": checkpoint}
+    statement = _progress_statement(tuple(counts), checkpoint is not None)
+    connection.execute(statement, {"run_id": run_id, **values})
+
+
+@functools.cache
+def _progress_statement(counters: tuple[str, ...], checkpoint: bool) -> Update:
+    # Built once for each set of counters, its values bound: a pass writes its progress with
+    # every batch of pages, and building the statement anew cost more than running it.
+    values: dict[str, Any] = {
+        name: getattr(sync_runs.c, name) + bindparam(f"add_{name}", type_=Integer)
+        for name in counters
+    }
+    if checkpoint:
+        values["checkpoint"] = bindparam("new_checkpoint", type_=sync_runs.c.checkpoint.type)
+    return update(sync_runs).where(sync_runs.c.id == bindparam("run_id")).values(**values)
 
 
 def finish(
