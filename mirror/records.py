@@ -1,4 +1,5 @@
-"""The only writer of ``patients`` and ``appointments``, and the reads of them the service makes.
+"""The only writer of ``patients``, ``appointments`` and ``listed_records`` (which pass listed
+each record), and the reads of them the service makes.
 
 Receiver, sync and replay all change mirrored records through :func:`apply_writes`, so the
 ordering guard (``mirror.guard``) is enforced in exactly one place.
@@ -21,7 +22,7 @@ from mirror.database import as_utc, local_timezone
 from mirror.driver import BulkStatement, Driver, json_rows
 from mirror.events import RecordWrite, Resource
 from mirror.guard import RecordState, merge
-from mirror.schema import MIRRORED_TABLES, appointments
+from mirror.schema import MIRRORED_TABLES, appointments, listed_records
 from mirror.states import Effect
 from mirror.versions import Action, VersionKey, parse_moment
 
@@ -144,8 +145,6 @@ _BOOKKEEPING = [
     ("source_version", "text"),
     ("mirrored_at", "timestamptz"),
 ]
-# Written only when given (a reconcile pass marks what it listed); NULL keeps the old value.
-_SEEN = ("seen_in_run", "bigint")
 
 
 class _Statements:
@@ -174,7 +173,7 @@ class _Statements:
         # Records the mirror has never seen are inserted whole. On SQLite nobody can insert
         # between our read and this insert (one writer); on PostgreSQL somebody can, and the
         # rows that come back missing from RETURNING go through the update path instead.
-        inserted = [("id", "text"), *content, *_BOOKKEEPING, _SEEN]
+        inserted = [("id", "text"), *content, *_BOOKKEEPING]
         names = ", ".join(name for name, _ in inserted)
         self.insert = BulkStatement(
             inserted,
@@ -184,31 +183,29 @@ class _Statements:
             "ON CONFLICT (id) DO NOTHING RETURNING id",
         )
         # Only the delete changed: the row's last known content stays as it is.
-        self.delete_only = _update(table, [*_BOOKKEEPING, _SEEN])
-        self.content = _update(table, [*content, *_BOOKKEEPING, _SEEN])
-        # Listed records that did not change: one statement marks a batch's worth of them.
-        mark = f"UPDATE {table} SET {_SEEN[0]} = :run WHERE "
-        self.mark_seen = {name: mark + by_id[name] for name in by_id}
-        # The same on rows not locked yet: locked first, in id order, as every writer locks.
-        self.mark_seen["postgresql, locked"] = (
-            f"UPDATE {table} SET {_SEEN[0]} = :run FROM (SELECT id FROM {table} WHERE "
-            f"{by_id['postgresql']} ORDER BY id FOR UPDATE) AS locked WHERE {table}.id = locked.id"
+        self.delete_only = _update(table, _BOOKKEEPING)
+        self.content = _update(table, [*content, *_BOOKKEEPING])
+        # The records a pass listed, changed or not: one statement marks a batch's worth of
+        # them, in listed_records alone (the records' rows stay as they are).
+        listed = (
+            f"INSERT INTO listed_records (resource, record_id, run_id) SELECT '{resource.value}', "
+            "value, CAST(:run AS BIGINT) FROM {ids} ON CONFLICT (resource, record_id) "
+            "DO UPDATE SET run_id = excluded.run_id"
         )
+        self.mark_listed = {
+            # WHERE true: SQLite reads ON CONFLICT after a SELECT's FROM as a join's ON without it.
+            "sqlite": listed.format(ids="json_each(:ids) WHERE true"),
+            "postgresql": listed.format(ids="json_array_elements_text(:ids::json) AS value"),
+        }
 
 
 def _update(table: str, columns: Sequence[tuple[str, str]]) -> BulkStatement:
     names = [name for name, _ in columns]
-
-    def assign(name: str, value: str) -> str:
-        if name == _SEEN[0]:
-            return f"{name} = COALESCE({value}, {table}.{name})"
-        return f"{name} = {value}"
-
     return BulkStatement(
         [("id", "text"), *columns],
-        sqlite=f"UPDATE {table} SET {', '.join(assign(n, f':{n}') for n in names)} WHERE id = :id",
+        sqlite=f"UPDATE {table} SET {', '.join(f'{n} = :{n}' for n in names)} WHERE id = :id",
         postgres=(
-            f"UPDATE {table} SET {', '.join(assign(n, f'v.{n}') for n in names)} "
+            f"UPDATE {table} SET {', '.join(f'{n} = v.{n}' for n in names)} "
             f"FROM {json_rows([('id', 'text'), *columns])} WHERE {table}.id = v.id"
         ),
     )
@@ -244,22 +241,22 @@ def apply_writes(
                                   stamp)  # fmt: skip
         known = [i for i in positions if writes[i].record_id not in inserted]
         before = present
-        if driver.postgres and ids:
+        if driver.postgres and known:
             if _unchanged(writes, known, present, effects):
                 # The guard only raises versions, and no writer removes a row, so a write that
                 # changes nothing in the state read without a lock changes nothing in any later
-                # state either: those records need no second read, only their marks.
-                seen = [record_id for record_id in ids if record_id not in inserted]
-                if stamp.seen_in_run is not None and seen:
-                    marking = {"run": stamp.seen_in_run, "ids": driver.ids(seen)}
-                    driver.execute(connection, sql.mark_seen["postgresql, locked"], marking)
-                continue
-            # Locks are taken after the inserts, in id order, as every writer does: no cycles.
-            before = _states(connection, driver, sql, [i for i in ids if i not in inserted])
-        after = _merge(writes, known, before, effects)
-        # Records whose every write was outdated are unchanged: only their marks are written.
-        unwritten = [i for i in ids if i not in after and i not in inserted]
-        _write_changes(connection, driver, sql, before, after, unwritten, stamp)
+                # state either: those records need no second read and no lock.
+                known = []
+            else:
+                # Locks are taken after the inserts, in id order, as every writer does.
+                before = _states(connection, driver, sql, [i for i in ids if i not in inserted])
+        if known:
+            after = _merge(writes, known, before, effects)
+            _write_changes(connection, driver, sql, before, after, stamp)
+        if stamp.seen_in_run is not None:
+            marking = {"run": stamp.seen_in_run, "ids": driver.ids(ids)}
+            listing = sql.mark_listed["postgresql" if driver.postgres else "sqlite"]
+            driver.execute(connection, listing, marking)
     return effects
 
 
@@ -372,18 +369,14 @@ def _write_changes(
     sql: _Statements,
     before: Mapping[str, RecordState],
     after: Mapping[str, RecordState],
-    unwritten: Sequence[str],
     stamp: _Stamp,
 ) -> None:
-    """Write the rows ``after`` changes; mark the rest, and the ``unwritten`` ones, seen."""
+    """Write the rows that change from ``before`` to ``after``."""
     content_rows: list[dict[str, object]] = []
     delete_rows: list[dict[str, object]] = []
-    seen: list[str] = list(unwritten) if stamp.seen_in_run is not None else []
     for record_id, state in after.items():
         old = before[record_id]
         if state == old:
-            if stamp.seen_in_run is not None:
-                seen.append(record_id)
             continue
         row = _row(driver, sql, record_id, old, state, stamp)
         (content_rows if "content_version" in row else delete_rows).append(row)
@@ -391,9 +384,6 @@ def _write_changes(
         sql.content.execute(connection, content_rows)
     if delete_rows:
         sql.delete_only.execute(connection, delete_rows)
-    if seen:
-        marking = sql.mark_seen["postgresql" if driver.postgres else "sqlite"]
-        driver.execute(connection, marking, {"run": stamp.seen_in_run, "ids": driver.ids(seen)})
 
 
 def _row(
@@ -412,7 +402,6 @@ def _row(
         "deleted_at": driver.timestamp(_deleted_at(state)),
         "source_version": VersionKey(version).instant if version else None,
         "mirrored_at": stamp.mirrored_at,
-        _SEEN[0]: stamp.seen_in_run,
     }
     if state.content_version == old.content_version and old.exists:
         return row
@@ -498,10 +487,16 @@ def record_counts(connection: Connection, resource: Resource) -> RecordCounts:
 def _unlisted(resource: Resource, run_id: int, run_started_at: datetime) -> Select[Any]:
     """Live records the pass did not list and that nobody wrote since it began."""
     table = MIRRORED_TABLES[resource.value]
-    return select(table.c.id).where(
-        table.c.deleted_at.is_(None),
-        or_(table.c.seen_in_run.is_(None), table.c.seen_in_run != run_id),
-        table.c.mirrored_at < run_started_at,
+    listing = and_(listed_records.c.resource == resource.value,
+                   listed_records.c.record_id == table.c.id)  # fmt: skip
+    return (
+        select(table.c.id)
+        .select_from(table.outerjoin(listed_records, listing))
+        .where(
+            table.c.deleted_at.is_(None),
+            or_(listed_records.c.run_id.is_(None), listed_records.c.run_id != run_id),
+            table.c.mirrored_at < run_started_at,
+        )
     )
 
 
@@ -546,9 +541,10 @@ def unlisted_records(
         previous_id, previous_started_at = previous
         # Listed by an earlier pass but not the previous one; or never listed, and in the
         # mirror unchanged since before the previous pass began (so it was there to list).
+        last_listed = listed_records.c.run_id  # joined by _unlisted
         missed = or_(
-            table.c.seen_in_run < previous_id,
-            and_(table.c.seen_in_run.is_(None), table.c.mirrored_at < previous_started_at),
+            last_listed < previous_id,
+            and_(last_listed.is_(None), table.c.mirrored_at < previous_started_at),
         )
     when = table.c.date_time if resource is Resource.APPOINTMENT else null()
     query = (

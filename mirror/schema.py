@@ -66,7 +66,6 @@ def _mirror_columns() -> list[Column[object]]:
         Column("mirrored_at", _Timestamp, nullable=False, comment="when this row last changed"),
         Column("content_version", _VersionKey, comment="guard: greatest create/update"),
         Column("deleted_version", _VersionKey, comment="guard: greatest delete"),
-        Column("seen_in_run", BigInteger, comment="the last reconcile pass that listed it"),
     ]
 
 
@@ -120,7 +119,19 @@ appointments = Table(
 # The views analysts count with (created by the migration 2026-12-01_local_dates_and_live_views):
 # `live_patients` and `live_appointments`, the rows of patients and appointments whose
 # deleted_at IS NULL, with their id, typed columns, created_at, updated_at and mirrored_at (and
-# appointments' local_date); the bookkeeping (raw, versions, seen_in_run) stays in the tables.
+# appointments' local_date); the bookkeeping (raw, versions) stays in the tables.
+
+# Which reconcile pass last listed each mirrored record: what a pass's sweep looks at. Apart from
+# the records' rows, so that a pass that finds nothing to change writes a few bytes a record, not
+# each record's whole row again (on SQLite, every page of the table into the WAL).
+listed_records = Table(
+    "listed_records",
+    metadata,
+    Column("resource", String(16), primary_key=True, comment="patient or appointment"),
+    Column("record_id", String(128), primary_key=True),
+    Column("run_id", BigInteger, nullable=False, comment="the last reconcile pass that listed it"),
+    sqlite_with_rowid=False,
+)
 
 
 def _one_of(column: str, states: type[StrEnum]) -> str:

@@ -12,7 +12,7 @@ from sqlalchemy import inspect
 
 from mirror.database import create_mirror_engine
 from mirror.migrate import current_revision, downgrade, head_revision, is_current, upgrade
-from mirror.schema import appointments, metadata, mirror_settings
+from mirror.schema import FOLDED_NAME_INDEXES, appointments, metadata, mirror_settings
 
 _BEFORE_LOCAL_DATES = "b96c2e4f7a55"  # the revision before appointments.local_date
 
@@ -152,4 +152,52 @@ def test_a_schema_behind_the_head_is_not_current(database_url: str) -> None:
     assert not is_current(engine)
     upgrade(engine)
     assert is_current(engine)
+    engine.dispose()
+
+
+_BEFORE_LISTED_RECORDS = "e7b3c1d9a4f2"
+
+
+def test_the_marks_of_the_last_pass_move_to_listed_records_and_back(database_url: str) -> None:
+    """The revision that moves seen_in_run into listed_records keeps every mark (so the next
+    sweep finds what it would have found), and its downgrade puts them back."""
+    engine = create_mirror_engine(database_url)
+    upgrade(engine, _BEFORE_LISTED_RECORDS)
+    moment = datetime(2026, 3, 1, tzinfo=UTC)
+    for name, prefix in (("patients", "PAT"), ("appointments", "APT")):
+        old = sa.table(name, sa.column("id", sa.String()),
+                       sa.column("seen_in_run", sa.BigInteger()),
+                       sa.column("mirrored_at", sa.DateTime(timezone=True)))  # fmt: skip
+        with engine.begin() as connection:
+            connection.execute(sa.insert(old), [
+                {"id": f"{prefix}{i}", "seen_in_run": None if i == 3 else 10 + i % 2,
+                 "mirrored_at": moment}
+                for i in range(5)
+            ])  # fmt: skip
+
+    upgrade(engine)
+
+    listed = sa.table("listed_records", sa.column("resource"), sa.column("record_id"),
+                      sa.column("run_id"))  # fmt: skip
+    with engine.connect() as connection:
+        marks = set(connection.execute(sa.select(listed.c.resource, listed.c.record_id,
+                                                 listed.c.run_id)))  # fmt: skip
+    expected = {(resource, f"{prefix}{i}", 10 + i % 2)
+                for resource, prefix in (("patient", "PAT"), ("appointment", "APT"))
+                for i in range(5) if i != 3}  # fmt: skip
+    assert marks == expected
+    inspector = inspect(engine)
+    assert "seen_in_run" not in {c["name"] for c in inspector.get_columns("patients")}
+    with engine.connect() as connection:  # the expression indexes, which reflection omits
+        if connection.dialect.name == "postgresql":
+            query = "SELECT indexname FROM pg_indexes WHERE tablename = 'patients'"
+        else:
+            query = "SELECT name FROM sqlite_master WHERE type = 'index'"
+        assert set(connection.execute(sa.text(query)).scalars()) >= FOLDED_NAME_INDEXES
+
+    downgrade(engine, _BEFORE_LISTED_RECORDS)
+    with engine.connect() as connection:
+        back = dict(connection.execute(sa.text("SELECT id, seen_in_run FROM patients")).all())
+    assert back == {"PAT0": 10, "PAT1": 11, "PAT2": 10, "PAT3": None, "PAT4": 10}
+    assert "listed_records" not in inspect(engine).get_table_names()
     engine.dispose()

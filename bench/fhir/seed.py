@@ -99,7 +99,7 @@ PROTECTED_DATABASES = frozenset({"postgres", "template0", "template1", "test"})
 DATA_TABLES = ("patients", "appointments", "webhook_events", "sync_runs")
 # The writer's bookkeeping columns (mirror.records), after the typed ones.
 BOOKKEEPING = ("raw", "content_version", "deleted_version", "deleted_at", "source_version",
-               "mirrored_at", "seen_in_run")  # fmt: skip
+               "mirrored_at")  # fmt: skip
 # Different on every run by design: compared by presence only.
 UNCOMPARED = frozenset({"mirrored_at"})
 
@@ -239,7 +239,6 @@ class RowBuilder:
             deleted_at=driver.timestamp(deleted_at),
             source_version=VersionKey(version).instant if version else None,
             mirrored_at=stamp,
-            seen_in_run=None,
         )
         return tuple(values[name] for name in self.columns)
 

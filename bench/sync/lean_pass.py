@@ -41,10 +41,19 @@ _UPDATE_RANK = 1  # mirror.states.Action.UPDATE: a listed record is an update
 _SQLITE_READ = (
     "SELECT id, content_version FROM patients WHERE id IN (SELECT value FROM json_each(?))"
 )
-_SQLITE_MARK = "UPDATE patients SET seen_in_run = ? WHERE id IN (SELECT value FROM json_each(?))"
+# mirror.records' marks: which pass listed each record, in listed_records.
+_SQLITE_MARK = (
+    "INSERT INTO listed_records (resource, record_id, run_id) SELECT 'patient', value, ? "
+    "FROM json_each(?) WHERE true ON CONFLICT (resource, record_id) DO UPDATE SET run_id = "
+    "excluded.run_id"
+)
 _PG_IDS = "ANY(ARRAY(SELECT json_array_elements_text(%s::json)))"
 _PG_READ = f"SELECT id, content_version FROM patients WHERE id = {_PG_IDS} FOR UPDATE"
-_PG_MARK = f"UPDATE patients SET seen_in_run = %s WHERE id = {_PG_IDS}"
+_PG_MARK = (
+    "INSERT INTO listed_records (resource, record_id, run_id) SELECT 'patient', value, "
+    "%s::bigint FROM json_array_elements_text(%s::json) AS value ON CONFLICT (resource, "
+    "record_id) DO UPDATE SET run_id = excluded.run_id"
+)
 
 _canonical = msgspec.json.Encoder(order="sorted")
 
@@ -92,7 +101,7 @@ class Mirror:
                 self._lite.execute(f"PRAGMA {pragma}")
         # The last pass's id: marking with it writes every row as a pass would, and leaves
         # the next real pass's sweep what it would have found.
-        self.run_id = int(self._one("SELECT max(seen_in_run) FROM patients") or 0)
+        self.run_id = int(self._one("SELECT max(run_id) FROM listed_records") or 0)
 
     def _one(self, sql: str) -> object:
         if self.postgres:

@@ -2,15 +2,15 @@
 ours' first pass on SQLite, set beside dlt's CPU in ``README.md``'s issue-15 section.
 
 Given a mirror that a first pass filled (``--source``), each round copies its rows (every
-patient, and every event-log row the pass wrote) into a fresh, migrated database with plain
-``sqlite3`` ``executemany``, a thousand patients and their events a transaction (ten pages:
-``sync/mark.py``'s), with our connection settings (WAL, ``synchronous=FULL``, a 16 MiB
-cache). The rows are read into memory first; only the writes are timed, as CPU seconds
-(user + system) of this process. No HTTP, no JSON, no guard, no SQLAlchemy: what remains is
-SQLite's own work, its indexes' and its fsyncs'. Each round writes twice: into the mirror as
-migrated, and into one with every index but the keys dropped first, which shows what the
-mirror's indexes (FHIR search, the analysts', the feed's, replay's and redelivery dedup's)
-cost.
+patient, every event-log row the pass wrote, and its marks in ``listed_records``) into a fresh,
+migrated database with plain ``sqlite3`` ``executemany``, a thousand patients and their events
+a transaction (ten pages: ``sync/mark.py``'s), with our connection settings (WAL,
+``synchronous=FULL``, a 16 MiB cache). The rows are read into memory first; only the writes are
+timed, as CPU seconds (user + system) of this process. No HTTP, no JSON, no guard, no
+SQLAlchemy: what remains is SQLite's own work, its indexes' and its fsyncs'. Each round writes
+twice: into the mirror as migrated, and into one with every index but the keys dropped first,
+which shows what the mirror's indexes (FHIR search, the analysts', the feed's, replay's and
+redelivery dedup's) cost.
 
     healthdock-mirror sync patients        # into sqlite:////tmp/source.db, from the fake
     .venv/bin/python -m bench.sync.write_floor --source /tmp/source.db --rounds 3
@@ -34,7 +34,7 @@ from bench.sync.run import base_env
 
 BIN = Path(sys.executable).parent
 PATIENTS_PER_TRANSACTION = 1000  # ten pages of 100
-TABLES = ("patients", "webhook_events")
+TABLES = ("patients", "webhook_events", "listed_records")
 # Our connection's settings (mirror/database.py).
 PRAGMAS = ("journal_mode=WAL", "synchronous=FULL", "cache_size=-16384")
 
@@ -46,10 +46,10 @@ Row = tuple[object, ...]
 class Rows:
     """What a first pass stored, read from its mirror: each table's columns (the event log's
     ``seq`` left out: SQLite assigns it, as it did for ours) and the rows a transaction at a
-    time, (patients, their event-log rows)."""
+    time, (patients, their event-log rows, their marks)."""
 
     columns: dict[str, list[str]]
-    transactions: list[tuple[list[Row], list[Row]]]
+    transactions: list[tuple[list[Row], list[Row], list[Row]]]
 
     def inserts(self) -> list[str]:
         """One INSERT a table, in :data:`TABLES`' order, binding by position."""
@@ -103,13 +103,24 @@ def load(source: Path) -> Rows:
         "WHERE resource = 'patient' ORDER BY seq"
     ):
         events.setdefault(row[0], []).append(row[1:])
+    marks = {
+        row[columns["listed_records"].index("record_id")]: row
+        for row in connection.execute(
+            f"SELECT {', '.join(columns['listed_records'])} FROM listed_records "
+            "WHERE resource = 'patient'"
+        )
+    }
     connection.close()
     if not patients:
         raise SystemExit(f"{source} holds no patients: fill it with a first pass first")
     transactions = []
     for start in range(0, len(patients), PATIENTS_PER_TRANSACTION):
         chunk = patients[start : start + PATIENTS_PER_TRANSACTION]
-        transactions.append((chunk, [e for row in chunk for e in events.get(row[0], [])]))
+        transactions.append((
+            chunk,
+            [e for row in chunk for e in events.get(row[0], [])],
+            [marks[row[0]] for row in chunk if row[0] in marks],
+        ))  # fmt: skip
     return Rows(columns, transactions)
 
 
@@ -122,12 +133,13 @@ def write(target: Path, rows: Rows, lean: bool) -> float:
         for table in TABLES:
             for name in secondary_indexes(connection, table):
                 connection.execute(f'DROP INDEX "{name}"')
-    insert_patients, insert_events = rows.inserts()
+    insert_patients, insert_events, insert_marks = rows.inserts()
     began = process_cpu_seconds(os.getpid())
-    for patients, events in rows.transactions:
+    for patients, events, marks in rows.transactions:
         connection.execute("BEGIN IMMEDIATE")
         connection.executemany(insert_patients, patients)
         connection.executemany(insert_events, events)
+        connection.executemany(insert_marks, marks)
         connection.execute("COMMIT")
     spent = process_cpu_seconds(os.getpid()) - began
     connection.close()
@@ -140,8 +152,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     rows = load(args.source)
-    patients = sum(len(p) for p, _ in rows.transactions)
-    events = sum(len(e) for _, e in rows.transactions)
+    patients = sum(len(p) for p, _, _ in rows.transactions)
+    events = sum(len(e) for _, e, _ in rows.transactions)
     count = len(rows.transactions)
     print(f"{patients} patients and {events} event-log rows in {count} transactions")
     spent: dict[str, list[float]] = {"with the mirror's indexes": [], "keys only": []}

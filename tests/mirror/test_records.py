@@ -20,7 +20,7 @@ from mirror.driver import BulkStatement
 from mirror.events import RecordWrite, Resource, record_write
 from mirror.guard import RecordState, merge
 from mirror.records import apply_writes
-from mirror.schema import patients
+from mirror.schema import listed_records, patients
 from mirror.states import Effect
 from mirror.versions import Action
 from tests.conftest import BACKENDS
@@ -100,6 +100,16 @@ def _outcomes(rows: dict[str, list[dict[str, Any]]]) -> dict[str, object]:
 def _clear(engine: Engine) -> None:
     with engine.begin() as connection:
         connection.execute(delete(patients))
+        connection.execute(delete(listed_records))
+
+
+def _listed(engine: Engine) -> dict[str, int]:
+    """The pass that last listed each patient, by id."""
+    with engine.connect() as connection:
+        query = select(listed_records.c.record_id, listed_records.c.run_id).where(
+            listed_records.c.resource == "patient"
+        )
+        return {str(record_id): int(run_id) for record_id, run_id in connection.execute(query)}
 
 
 def _seed(engine: Engine) -> None:
@@ -137,7 +147,7 @@ def test_passes_and_webhooks_writing_the_same_records_at_once_converge_without_d
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(writer, [batches[k::4] for k in range(4)]))
         assert mirror_rows(engine) == expected
-        assert {row["seen_in_run"] for row in expected["patients"]} == {RUN}
+        assert _listed(engine) == dict.fromkeys(_IDS, RUN)
         _clear(engine)
 
 
@@ -175,7 +185,7 @@ def test_a_batch_leaves_the_effects_and_rows_of_its_writes_one_by_one(
     for write in held:
         _apply(engine, [write], None)
     together = _apply(engine, batch, RUN)
-    rows_together = mirror_rows(engine)
+    rows_together, listed_together = mirror_rows(engine), _listed(engine)
 
     _clear(engine)
     for write in held:
@@ -183,9 +193,11 @@ def test_a_batch_leaves_the_effects_and_rows_of_its_writes_one_by_one(
     one_by_one = [effect for write in batch for effect in _apply(engine, [write], RUN)]
     assert together == one_by_one
     assert rows_together == mirror_rows(engine)
-    listed = {write.record_id for write in batch}
-    marked = {row["id"] for row in rows_together["patients"] if row["seen_in_run"] == RUN}
-    assert marked == listed
+    assert (
+        listed_together
+        == _listed(engine)
+        == dict.fromkeys({write.record_id for write in batch}, RUN)
+    )
 
 
 @pytest.mark.parametrize("database_url", POSTGRESQL_ONLY, indirect=True)
@@ -196,11 +208,11 @@ def test_a_change_committed_after_a_pass_read_a_record_survives_the_pass(
     change, only marks them. A webhook that commits a newer version of one in between keeps
     it, and the pass still marks it. (SQLite has one writer at a time: no in between.)"""
     _seed(engine)
-    decided = mirror.records._unchanged
+    decided = mirror.records._without_outdated  # what the pass does right after its read
     interleaved: list[list[Effect]] = []
     webhook = threading.local()  # the webhook's own apply_writes decides as usual
 
-    def webhook_in_between(*args: Any) -> bool:
+    def webhook_in_between(*args: Any) -> list[int]:
         verdict = decided(*args)
         if not interleaved and not getattr(webhook, "running", False):
             webhook.running = True
@@ -208,7 +220,7 @@ def test_a_change_committed_after_a_pass_read_a_record_survives_the_pass(
             interleaved.append(_apply(engine, [late], None))
         return verdict
 
-    monkeypatch.setattr(mirror.records, "_unchanged", webhook_in_between)
+    monkeypatch.setattr(mirror.records, "_without_outdated", webhook_in_between)
     listed = _IDS[:4]
     effects = _apply(engine, [_write(i, "2024-01-02T00:00:00Z", phone="1") for i in listed], RUN)
 
@@ -217,9 +229,7 @@ def test_a_change_committed_after_a_pass_read_a_record_survives_the_pass(
     with engine.connect() as connection:
         query = select(patients).where(patients.c.id.in_(listed))
         rows = {row.id: row for row in connection.execute(query)}
-    assert {record_id: row.seen_in_run for record_id, row in rows.items()} == dict.fromkeys(
-        listed, RUN
-    )
+    assert _listed(engine) == dict.fromkeys(listed, RUN)
     assert rows["PAT001"].phone == "late"
     assert rows["PAT002"].phone == "1"
 

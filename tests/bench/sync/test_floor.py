@@ -89,13 +89,13 @@ def test_a_lean_pass_over_a_mirror_ours_filled_finds_nothing_changed_until_a_pat
         fill_patients(engine, base_url, API_KEY)
         engine.dispose()
         with sqlite3.connect(path) as db:
-            db.execute("UPDATE patients SET seen_in_run = NULL WHERE id = 'PAT000007'")
+            db.execute("DELETE FROM listed_records WHERE record_id = 'PAT000007'")
         last_pass = 1
 
         assert run_lean(base_url, f"sqlite:///{path}", client) == {
             "pages": 3, "records": 230, "changed": 0}  # fmt: skip
         with sqlite3.connect(path) as db:
-            marks = dict(db.execute("SELECT seen_in_run, count(*) FROM patients GROUP BY 1"))
+            marks = dict(db.execute("SELECT run_id, count(*) FROM listed_records GROUP BY 1"))
         assert marks == {last_pass: 230}  # every record marked, as a pass would
 
         fake.update_patient("PAT000042", {"phone": "+919800000042"})

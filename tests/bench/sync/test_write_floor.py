@@ -44,7 +44,8 @@ def secondary_indexes(path: Path) -> set[str]:
 def test_the_floor_writes_every_row_the_first_pass_wrote_and_only_those(tmp_path: Path) -> None:
     source = first_pass_mirror(tmp_path / "source.db")
     copied = write_floor.load(source)
-    assert [len(patients) for patients, _ in copied.transactions] == [1000, 230]
+    assert [len(patients) for patients, _, _ in copied.transactions] == [1000, 230]
+    assert [len(marks) for _, _, marks in copied.transactions] == [1000, 230]
 
     for lean in (False, True):
         target = tmp_path / f"target-{int(lean)}.db"
@@ -53,6 +54,7 @@ def test_the_floor_writes_every_row_the_first_pass_wrote_and_only_those(tmp_path
         for table in write_floor.TABLES:
             assert rows(target, table) == rows(source, table)
         assert len(rows(target, "webhook_events")) == PATIENTS  # one created event a patient
+        assert len(rows(target, "listed_records")) == PATIENTS  # each marked by the pass
         kept = secondary_indexes(target)
         if lean:
             assert kept == set()
