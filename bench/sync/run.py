@@ -53,6 +53,7 @@ from bench.databases import drop_pg_database, pg_service_url, pg_settings, recre
 from bench.processes import (
     RESULT_MARKER,
     BenchError,
+    compile_bytecode,
     die_with_parent,
     port_is_free,
     process_cpu_seconds,
@@ -1581,6 +1582,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "platform": platform.platform(),
         "loadavg_at_start": os.getloadavg(),
     }
+    # Every pass is a new process: measure the code as installed, its bytecode cached.
+    compile_bytecode(HERE.parent.parent)
+    if args.baseline_tree:
+        compile_bytecode(Path(args.baseline_tree).resolve())
+    environment["bytecode"] = "cached (compileall) for every tree"
     dlt_problem: str | None = None
     if "throughput" in args.parts:
         if args.no_dlt:

@@ -1,4 +1,5 @@
-"""bench.processes' CPU accounting: what the ingest benchmark's table of CPU per event reads."""
+"""bench.processes: the CPU accounting the ingest benchmark's table of CPU per event reads, and
+the bytecode the sync benchmark's commands start from."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from bench.processes import (
+    PACKAGES,
     RESULT_MARKER,
     BenchError,
+    compile_bytecode,
     cpu_between,
     cpu_seconds,
     descendants,
@@ -101,3 +104,38 @@ def test_a_script_that_never_says_it_loaded_is_an_error_not_a_run(tmp_path: Path
             ready=[tmp_path / "never.0"],
             on_ready=lambda: None,
         )
+
+
+def test_a_tree_gets_the_bytecode_its_commands_then_start_from(tmp_path: Path) -> None:
+    package = tmp_path / "mirror"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "records.py").write_text("VALUE = 42\n")
+    compile_bytecode(tmp_path, packages=["mirror"])
+    cached = {path.name.split(".")[0] for path in (package / "__pycache__").glob("*.pyc")}
+    assert cached == {"__init__", "records"}
+    # A command with PYTHONDONTWRITEBYTECODE (as on this workplace's machines) loads it.
+    started = subprocess.run(
+        [sys.executable, "-v", "-c", "import mirror.records"],
+        cwd=tmp_path,
+        env={"PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    loaded = str(package / "__pycache__" / f"records.{sys.implementation.cache_tag}.pyc")
+    assert f"code object from '{loaded}'" in started.stderr
+
+
+def test_a_tree_that_does_not_compile_stops_the_benchmark(tmp_path: Path) -> None:
+    package = tmp_path / "sync"
+    package.mkdir()
+    (package / "client.py").write_text("def broken(:\n")
+    with pytest.raises(BenchError, match="does not compile"):
+        compile_bytecode(tmp_path, packages=["sync"])
+
+
+def test_the_packages_compiled_are_the_ones_the_project_installs() -> None:
+    pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    listed = pyproject.split("[tool.setuptools.packages.find]")[1].split("]")[0]
+    assert sorted(f'"{p}*"' for p in PACKAGES) == sorted(listed.split("[")[1].split(", "))
