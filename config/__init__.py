@@ -1,11 +1,12 @@
 """Settings for every entry point, read once from ``HEALTHDOCK_*`` variables and ``.env``;
-the project's error root; and its logging set-up.
+the project's error root; its logging set-up; and how its processes run once started.
 
 What is named here is its public surface (pinned by tests/test_layering.py).
 """
 
 from config.errors import ConfigurationError, MirrorError
 from config.logs import LogOptions, configure_logging
+from config.runtime import settle_after_startup
 from config.settings import (
     DEFAULT_TIMEZONE,
     OAUTH_CALLBACK_PATH,
@@ -26,4 +27,5 @@ __all__ = [
     "SettingsError",
     "configure_logging",
     "load_settings",
+    "settle_after_startup",
 ]

@@ -10,11 +10,12 @@ import signal
 import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 import click
 from sqlalchemy import Engine
 
-from config import ConfigurationError
+from config import ConfigurationError, settle_after_startup
 from healthdock_mirror.access_commands import (
     audit,
     describe_selection,
@@ -44,7 +45,19 @@ from mirror import (
 )
 
 
-@click.group()
+class _CommandLine(click.Group):
+    """The command group, which settles the process's garbage collector when run as a program.
+
+    The console script and ``python -m healthdock_mirror`` call the group; click's test runner
+    calls its ``main`` method, so the tests' own process is left as it is.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        settle_after_startup()  # the modules of every command are imported by now
+        return self.main(*args, **kwargs)
+
+
+@click.group(cls=_CommandLine)
 @click.version_option(package_name="healthdock-mirror")
 def main() -> None:
     """Keep a local, queryable mirror of a hospital's HealthDock data."""

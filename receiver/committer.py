@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.engine import make_url
 
-from config import LogOptions, MirrorError, configure_logging
+from config import LogOptions, MirrorError, configure_logging, settle_after_startup
 from receiver import frames
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,8 @@ def run_committer(
         local_timezone=local_timezone,
         key_lookups_only=True,  # ingest's statements alone run on it
     )
+    # A child of the forkserver, not of the command line: its collector is settled here.
+    settle_after_startup()
     channel.send_bytes(frames.encode_answer(frames.Ready()))
     log.info("committer started (pid %d)", os.getpid())
     try:

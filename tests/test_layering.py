@@ -110,4 +110,5 @@ def test_config_surface() -> None:
     assert sorted(config.__all__) == [
         "ApiAuth", "ConfigurationError", "DEFAULT_TIMEZONE", "LogOptions", "MirrorError",
         "OAUTH_CALLBACK_PATH", "Settings", "SettingsError", "configure_logging", "load_settings",
+        "settle_after_startup",
     ]  # fmt: skip
