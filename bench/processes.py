@@ -78,7 +78,7 @@ def compile_bytecode(tree: Path, packages: Sequence[str] = PACKAGES) -> None:
 
     A checkout installed in editable mode has none until Python writes it, and where
     PYTHONDONTWRITEBYTECODE is set (this workplace's machines set it) Python never does: every
-    command would compile the project's modules again (0.18 CPU-s of `healthdock-mirror
+    command would compile the project's modules again (0.17 CPU-s of `healthdock-mirror
     --help`), which a hospital's installed service does not, nor dlt, compiled by pip.
     """
     for package in packages:
