@@ -11,10 +11,10 @@ $(BIN)/healthdock-mirror: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
-	# Bytecode for the project's own modules, as a wheel's install would leave: an editable
-	# install has none, and where PYTHONDONTWRITEBYTECODE is set every command compiled them.
-	$(BIN)/python -m compileall -q config mirror receiver sync publisher fhir_r4 migrations \
-		healthdock_mirror fake_healthdock
+	# Bytecode for the checkout's modules (its packages, tests and bench), as a wheel's install
+	# leaves for its own: an editable install has none, and where PYTHONDONTWRITEBYTECODE is set
+	# every command compiled them again.
+	$(BIN)/python -m compileall -q -x '/\.(venv|git)/' .
 	touch $@
 
 install: $(BIN)/healthdock-mirror

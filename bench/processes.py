@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import time
+import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -59,21 +60,14 @@ def unwind_on_signals() -> None:
         signal.signal(signum, handler)
 
 
-# The project's packages, as pyproject.toml lists them.
-PACKAGES = (
-    "config",
-    "mirror",
-    "receiver",
-    "sync",
-    "publisher",
-    "fhir_r4",
-    "migrations",
-    "healthdock_mirror",
-    "fake_healthdock",
-)
+def project_packages(tree: Path) -> list[str]:
+    """The top-level packages a checkout installs, as its pyproject.toml lists them."""
+    with (tree / "pyproject.toml").open("rb") as file:
+        found = tomllib.load(file)["tool"]["setuptools"]["packages"]["find"]["include"]
+    return [pattern.removesuffix("*") for pattern in found if pattern.endswith("*")]
 
 
-def compile_bytecode(tree: Path, packages: Sequence[str] = PACKAGES) -> None:
+def compile_bytecode(tree: Path) -> None:
     """Cache the bytecode of a checkout's packages, as installing the project's wheel would.
 
     A checkout installed in editable mode has none until Python writes it, and where
@@ -81,7 +75,7 @@ def compile_bytecode(tree: Path, packages: Sequence[str] = PACKAGES) -> None:
     command would compile the project's modules again (0.17 CPU-s of `healthdock-mirror
     --help`), which a hospital's installed service does not, nor dlt, compiled by pip.
     """
-    for package in packages:
+    for package in project_packages(tree):
         if not compileall.compile_dir(tree / package, quiet=1):
             raise BenchError(f"{tree / package} does not compile")
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from bench.processes import (
-    PACKAGES,
     RESULT_MARKER,
     BenchError,
     compile_bytecode,
@@ -19,6 +18,7 @@ from bench.processes import (
     cpu_seconds,
     descendants,
     processes_named,
+    project_packages,
     run_reporting,
 )
 
@@ -106,14 +106,26 @@ def test_a_script_that_never_says_it_loaded_is_an_error_not_a_run(tmp_path: Path
         )
 
 
+def _tree(root: Path, packages: dict[str, str]) -> Path:
+    """A checkout of one module a package, listed in its pyproject.toml as ours is."""
+    listed = ", ".join(f'"{name.split("/")[0]}*"' for name in packages)
+    (root / "pyproject.toml").write_text(f"[tool.setuptools.packages.find]\ninclude = [{listed}]\n")
+    for name, source in packages.items():
+        module = root / name
+        module.parent.mkdir(parents=True, exist_ok=True)
+        (module.parent / "__init__.py").write_text("")
+        module.write_text(source)
+    return root
+
+
 def test_a_tree_gets_the_bytecode_its_commands_then_start_from(tmp_path: Path) -> None:
+    tree = _tree(tmp_path, {"mirror/records.py": "VALUE = 42\n"})
+    (tmp_path / "loose.py").write_text("LOOSE = 1\n")  # not a package the project installs
+    compile_bytecode(tree)
     package = tmp_path / "mirror"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "records.py").write_text("VALUE = 42\n")
-    compile_bytecode(tmp_path, packages=["mirror"])
     cached = {path.name.split(".")[0] for path in (package / "__pycache__").glob("*.pyc")}
     assert cached == {"__init__", "records"}
+    assert not (tmp_path / "__pycache__").exists()
     # A command with PYTHONDONTWRITEBYTECODE (as on this workplace's machines) loads it.
     started = subprocess.run(
         [sys.executable, "-v", "-c", "import mirror.records"],
@@ -128,14 +140,13 @@ def test_a_tree_gets_the_bytecode_its_commands_then_start_from(tmp_path: Path) -
 
 
 def test_a_tree_that_does_not_compile_stops_the_benchmark(tmp_path: Path) -> None:
-    package = tmp_path / "sync"
-    package.mkdir()
-    (package / "client.py").write_text("def broken(:\n")
+    tree = _tree(tmp_path, {"sync/client.py": "def broken(:\n"})
     with pytest.raises(BenchError, match="does not compile"):
-        compile_bytecode(tmp_path, packages=["sync"])
+        compile_bytecode(tree)
 
 
-def test_the_packages_compiled_are_the_ones_the_project_installs() -> None:
-    pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
-    listed = pyproject.split("[tool.setuptools.packages.find]")[1].split("]")[0]
-    assert sorted(f'"{p}*"' for p in PACKAGES) == sorted(listed.split("[")[1].split(", "))
+def test_the_packages_compiled_are_the_ones_this_project_installs() -> None:
+    root = Path(__file__).resolve().parents[2]
+    packages = project_packages(root)
+    assert {"config", "mirror", "receiver", "sync", "healthdock_mirror"} <= set(packages)
+    assert all((root / package / "__init__.py").is_file() for package in packages)
